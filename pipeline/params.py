@@ -1,0 +1,220 @@
+"""Typed, validated ``params.yaml``.
+
+The dataclass defaults below *are* the embedded default profile: ``params.yaml`` is
+their dump (a test keeps the two equal) and ``configs/<profile>.yaml`` files hold
+only what a profile changes. ``specldm profile paper`` / ``specldm profile default``
+rewrite ``params.yaml`` from them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from pipeline.spectrogram import SpecError, SpectrogramSpec
+
+ROOT = Path(__file__).resolve().parent.parent
+PARAMS_YAML = ROOT / "params.yaml"
+CONFIGS_DIR = ROOT / "configs"
+SOURCE_KINDS = ("synthetic", "audioset", "local")
+
+
+class ParamsError(ValueError):
+    """params.yaml has an unknown key, a wrong type or an impossible value."""
+
+
+def _require(condition: bool, key: str, message: str) -> None:
+    if not condition:
+        raise ParamsError(f"{key}: {message}")
+
+
+@dataclass(frozen=True)
+class SourceParams:
+    kind: str = "synthetic"
+    seed: int = 0
+    # synthetic: how many classes of the catalogue (in catalogue order), clips of each,
+    # and the fraction of clips that also carry a second, overlaid sound and its label.
+    num_classes: int = 24
+    clips_per_class: int = 20
+    two_label_fraction: float = 0.15
+    # audioset
+    segments: tuple[str, ...] = ("data/meta/balanced_train_segments.csv",)
+    url_template: str = "https://www.youtube.com/watch?v={ytid}"
+    # local
+    dir: str = ""
+    labels_csv: str = ""
+
+    def __post_init__(self) -> None:
+        _require(self.kind in SOURCE_KINDS, "source.kind", f"must be one of {SOURCE_KINDS}")
+        _require(self.num_classes >= 1, "source.num_classes", "must be at least 1")
+        _require(self.clips_per_class >= 1, "source.clips_per_class", "must be at least 1")
+        _require(0.0 <= self.two_label_fraction <= 1.0, "source.two_label_fraction",
+                 "must be within [0, 1]")
+        _require("{ytid}" in self.url_template, "source.url_template",
+                 "must contain the placeholder {ytid}")
+        if self.kind == "local":
+            _require(bool(self.dir), "source.dir", "is required when source.kind is local")
+            _require(bool(self.labels_csv), "source.labels_csv",
+                     "is required when source.kind is local")
+
+
+@dataclass(frozen=True)
+class SpectrogramParams:
+    """Every SpectrogramSpec field except the image size, which is ``render.image_size``."""
+
+    sample_rate: int = SpectrogramSpec.sample_rate
+    clip_seconds: float = SpectrogramSpec.clip_seconds
+    n_fft: int = SpectrogramSpec.n_fft
+    hop_length: int = SpectrogramSpec.hop_length
+    n_mels: int = SpectrogramSpec.n_mels
+    f_min: float = SpectrogramSpec.f_min
+    f_max: float = SpectrogramSpec.f_max
+    min_db: float = SpectrogramSpec.min_db
+    max_db: float = SpectrogramSpec.max_db
+    resize_mode: str = SpectrogramSpec.resize_mode
+    griffin_lim_iters: int = SpectrogramSpec.griffin_lim_iters
+    vocoder_hop_length: int = SpectrogramSpec.vocoder_hop_length
+
+
+@dataclass(frozen=True)
+class RenderParams:
+    # Training image side. The paper upsamples 128x128 mels to 512; the CPU default trains smaller.
+    image_size: int = 128
+
+
+@dataclass(frozen=True)
+class Params:
+    source: SourceParams = field(default_factory=SourceParams)
+    spectrogram: SpectrogramParams = field(default_factory=SpectrogramParams)
+    render: RenderParams = field(default_factory=RenderParams)
+
+    def __post_init__(self) -> None:
+        self.spec  # validates the combination
+
+    @property
+    def spec(self) -> SpectrogramSpec:
+        values = dataclasses.asdict(self.spectrogram) | {"image_size": self.render.image_size}
+        try:
+            return SpectrogramSpec(**values)
+        except SpecError as error:
+            key = str(error).split("=")[0].removeprefix("SpectrogramSpec.")
+            group = "render" if key == "image_size" else "spectrogram"
+            raise ParamsError(f"{group}.{key}: {error}") from None
+
+    def to_dict(self) -> dict:
+        def plain(value):
+            if isinstance(value, tuple):
+                return [plain(v) for v in value]
+            if isinstance(value, dict):
+                return {k: plain(v) for k, v in value.items()}
+            return value
+        return plain(dataclasses.asdict(self))
+
+
+def _check_type(value, annotation, key: str):
+    """``value`` converted to ``annotation`` (int -> float, list -> tuple), or ParamsError."""
+    origin = typing.get_origin(annotation)
+    if dataclasses.is_dataclass(annotation):
+        return _build(annotation, value, key)
+    if origin is tuple:
+        _require(isinstance(value, (list, tuple)), key, f"expected a list, got {value!r}")
+        (item_type, _ellipsis) = typing.get_args(annotation)
+        return tuple(_check_type(v, item_type, f"{key}[{i}]") for i, v in enumerate(value))
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(annotation):
+            try:
+                return _check_type(value, option, key)
+            except ParamsError:
+                continue
+        raise ParamsError(f"{key}: {value!r} is not {annotation}")
+    if annotation is type(None):
+        _require(value is None, key, f"expected null, got {value!r}")
+        return value
+    if annotation is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        _require(ok, key, f"expected a number, got {value!r}")
+        return float(value)
+    if annotation is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        _require(ok, key, f"expected an integer, got {value!r}")
+        return value
+    _require(isinstance(value, annotation), key,
+             f"expected {annotation.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _build(cls, raw, prefix: str):
+    _require(isinstance(raw, dict), prefix or "params", f"expected a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(raw) - set(hints))
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise ParamsError(f"{where}{unknown[0]}: unknown key; known keys here: "
+                          f"{', '.join(sorted(hints))}")
+    values = {name: _check_type(value, hints[name], f"{prefix}.{name}".lstrip("."))
+              for name, value in raw.items()}
+    try:
+        return cls(**values)
+    except SpecError as error:
+        raise ParamsError(str(error)) from None
+
+
+def parse(raw: dict | None) -> Params:
+    """Validate a params mapping; missing keys take the embedded defaults."""
+    return _build(Params, raw or {}, "")
+
+
+def load(path: Path | str = PARAMS_YAML) -> Params:
+    path = Path(path)
+    if not path.exists():
+        raise ParamsError(f"{path}: not found (run from the repository root)")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ParamsError(f"{path}: not valid YAML: {error}") from None
+    return parse(raw)
+
+
+def _merge(base: dict, overlay: dict, prefix: str = "") -> dict:
+    merged = dict(base)
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            merged[key] = _merge(base[key], value, f"{prefix}{key}.")
+        else:
+            merged[key] = value
+    return merged
+
+
+PROFILE_HEADER = """\
+# specldm parameters: profile '{name}'. Written by `specldm profile {name}`.
+# Switch profile with `specldm profile paper` (the seed report's protocol) and back with
+# `specldm profile default` (the offline CPU default). Edit values freely; every stage
+# validates this file when it starts.
+"""
+
+
+def profile(name: str) -> Params:
+    """The embedded defaults with ``configs/<name>.yaml`` laid over them (``default``: none)."""
+    base = Params().to_dict()
+    if name == "default":
+        return parse(base)
+    overlay_path = CONFIGS_DIR / f"{name}.yaml"
+    if not overlay_path.exists():
+        choices = ["default"] + sorted(p.stem for p in CONFIGS_DIR.glob("*.yaml"))
+        raise ParamsError(f"unknown profile {name!r}; choose from {', '.join(choices)}")
+    overlay = yaml.safe_load(overlay_path.read_text()) or {}
+    return parse(_merge(base, overlay))
+
+
+def render_profile(name: str) -> str:
+    body = yaml.safe_dump(profile(name).to_dict(), sort_keys=False, default_flow_style=False)
+    return PROFILE_HEADER.format(name=name) + body
+
+
+def write_profile(name: str, path: Path | str) -> None:
+    Path(path).write_text(render_profile(name))
