@@ -12,6 +12,8 @@ import numpy as np
 import soundfile as sf
 
 TMP_SUFFIX = ".partial"
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 @contextlib.contextmanager
@@ -23,6 +25,7 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give what open() would
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

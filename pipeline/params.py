@@ -81,16 +81,63 @@ class SpectrogramParams:
     vocoder_hop_length: int = SpectrogramSpec.vocoder_hop_length
 
 
+MIX_DOMAINS = ("waveform", "mel")
+
+
+@dataclass(frozen=True)
+class SubsetParams:
+    seed: int = 0
+    # Per target class: at most max_per_class clips; classes with fewer than min_per_class
+    # are rolled up to their nearest target ancestor (rollup) or dropped.
+    max_per_class: int = 60
+    min_per_class: int = 5
+    rollup: bool = True
+    caption_template: str = "a spectrogram of the sound of {name}"
+    verbose_captions: bool = False
+    # Extra training examples: two train clips of sibling classes mixed (waveform average,
+    # or the average of their log-mels), captioned with mixture_template.
+    mixtures: int = 96
+    mixture_template: str = ("a mel spectrogram of the sound of multiple overlapping {parent}s, "
+                             "including {a} and {b}")
+    mix_domain: str = "waveform"
+    val_fraction: float = 0.1
+    test_fraction: float = 0.15
+
+    def __post_init__(self) -> None:
+        _require(self.max_per_class >= 1, "subset.max_per_class", "must be at least 1")
+        _require(1 <= self.min_per_class <= self.max_per_class, "subset.min_per_class",
+                 "must be within [1, subset.max_per_class]")
+        _require(self.mixtures >= 0, "subset.mixtures", "must not be negative")
+        _require(self.mix_domain in MIX_DOMAINS, "subset.mix_domain", f"must be one of {MIX_DOMAINS}")
+        _require("{name}" in self.caption_template, "subset.caption_template",
+                 "must contain the placeholder {name}")
+        for placeholder in ("{parent}", "{a}", "{b}"):
+            _require(placeholder in self.mixture_template, "subset.mixture_template",
+                     f"must contain the placeholder {placeholder}")
+        for key in ("val_fraction", "test_fraction"):
+            _require(0.0 <= getattr(self, key) < 0.5, f"subset.{key}", "must be within [0, 0.5)")
+
+
 @dataclass(frozen=True)
 class RenderParams:
     # Training image side. The paper upsamples 128x128 mels to 512; the CPU default trains smaller.
     image_size: int = 128
+    shard_rows: int = 256
+    row_group_rows: int = 32
+    workers: int = 2
+
+    def __post_init__(self) -> None:
+        _require(self.shard_rows >= 1, "render.shard_rows", "must be at least 1")
+        _require(1 <= self.row_group_rows <= self.shard_rows, "render.row_group_rows",
+                 "must be within [1, render.shard_rows]")
+        _require(self.workers >= 1, "render.workers", "must be at least 1")
 
 
 @dataclass(frozen=True)
 class Params:
     source: SourceParams = field(default_factory=SourceParams)
     spectrogram: SpectrogramParams = field(default_factory=SpectrogramParams)
+    subset: SubsetParams = field(default_factory=SubsetParams)
     render: RenderParams = field(default_factory=RenderParams)
 
     def __post_init__(self) -> None:

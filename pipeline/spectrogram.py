@@ -157,7 +157,7 @@ def db_to_power(log_mel: torch.Tensor) -> torch.Tensor:
 
 
 def _resize(values: torch.Tensor, height: int, width: int, mode: str) -> torch.Tensor:
-    """Resize the last two axes of a float tensor."""
+    """Resize the last two axes (float, or uint8 when only growing with "nearest")."""
     if values.shape[-2:] == (height, width):
         return values
     lead = values.shape[:-2]
@@ -175,9 +175,9 @@ def _resize(values: torch.Tensor, height: int, width: int, mode: str) -> torch.T
     return flat.reshape(*lead, height, width)
 
 
-def log_mel_to_image(log_mel: torch.Tensor, spec: SpectrogramSpec,
-                     height: int | None = None, width: int | None = None) -> torch.Tensor:
-    """``(..., n_mels, frames)`` dB -> uint8 ``(..., 3, H, W)``, low frequencies at the bottom.
+def log_mel_to_grey(log_mel: torch.Tensor, spec: SpectrogramSpec,
+                    height: int | None = None, width: int | None = None) -> torch.Tensor:
+    """``(..., n_mels, frames)`` dB -> uint8 ``(..., H, W)``, low frequencies at the bottom.
 
     Defaults to the training geometry: ``image_size`` high, and wide in proportion
     to the clip's length (``image_size`` for a full clip).
@@ -189,10 +189,28 @@ def log_mel_to_image(log_mel: torch.Tensor, spec: SpectrogramSpec,
     if width is None:
         width = 8 * max(1, round(log_mel.shape[-1] * spec.image_size / spec.n_frames / 8))
     check_image_size(height, width)
-    unit = (log_mel - spec.min_db) / (spec.max_db - spec.min_db)
-    unit = _resize(unit.clamp(0.0, 1.0), height, width, spec.resize_mode).flip(-2)
-    grey = (unit * 255.0).round().clamp(0, 255).to(torch.uint8)
-    return grey.unsqueeze(-3).expand(*grey.shape[:-2], 3, height, width).contiguous()
+    unit = ((log_mel - spec.min_db) / (spec.max_db - spec.min_db)).clamp(0.0, 1.0)
+    if spec.resize_mode == "nearest":
+        # Shrink in float, quantise, then grow the uint8 image: nearest growth copies
+        # values, so this equals quantising last, on 16x fewer pixels at 128 -> 512.
+        rows, frames = unit.shape[-2:]
+        grey = _quantise(_resize(unit, min(height, rows), min(width, frames), "nearest"))
+        grey = _resize(grey, height, width, "nearest")
+    else:
+        grey = _quantise(_resize(unit, height, width, "bilinear"))
+    return grey.flip(-2)
+
+
+def _quantise(unit: torch.Tensor) -> torch.Tensor:
+    return (unit * 255.0).round().clamp(0, 255).to(torch.uint8)
+
+
+def log_mel_to_image(log_mel: torch.Tensor, spec: SpectrogramSpec,
+                     height: int | None = None, width: int | None = None) -> torch.Tensor:
+    """``(..., n_mels, frames)`` dB -> uint8 RGB ``(..., 3, H, W)``: the grey image of
+    :func:`log_mel_to_grey` in all three channels, as the VAE expects."""
+    grey = log_mel_to_grey(log_mel, spec, height, width)
+    return grey.unsqueeze(-3).expand(*grey.shape[:-2], 3, *grey.shape[-2:]).contiguous()
 
 
 def image_to_log_mel(image: torch.Tensor, spec: SpectrogramSpec,

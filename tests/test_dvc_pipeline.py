@@ -1,5 +1,6 @@
 """The DAG as DVC runs it: a throwaway copy of the repository, a tiny config, `dvc repro`."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -36,25 +37,60 @@ def repo(tmp_path):
         else:
             shutil.copy(source, target)
     params = yaml.safe_load((tmp_path / "params.yaml").read_text())
-    params["source"].update(num_classes=2, clips_per_class=2)
+    params["source"].update(num_classes=2, clips_per_class=4)  # Dial tone, Busy signal
+    params["subset"].update(min_per_class=1, mixtures=2)
+    params["render"].update(image_size=64, shard_rows=4, row_group_rows=2)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     run(["git", "init", "-q"], tmp_path)
     return tmp_path
 
 
-def test_dvc_repro_runs_the_dag_and_is_then_up_to_date(repo):
+def changed_stages(repo, group, key, value):
+    """Stages `dvc status` reports as changed after setting params[group][key] = value."""
+    path = repo / "params.yaml"
+    original = path.read_text()
+    params = yaml.safe_load(original)
+    params[group][key] = value
+    path.write_text(yaml.safe_dump(params))
+    try:
+        return set(json.loads(run(["dvc", "status", "--json"], repo)))
+    finally:
+        path.write_text(original)
+
+
+def test_dvc_repro_runs_the_dag_and_invalidates_precisely(repo):
     run(["dvc", "repro"], repo)
     manifest = read_manifest(repo / "data/raw/manifest.parquet")
-    assert len(manifest) == 4 and set(manifest.status) == {"ok"}
+    assert len(manifest) == 8 and set(manifest.status) == {"ok"}
+    assert sorted(p.name for p in (repo / "data/shards/train").iterdir())[:1] == ["part-00000.parquet"]
+    assert json.loads(run(["dvc", "status", "--json"], repo)) == {}
+    expectations = [
+        ("source", "clips_per_class", 5, {"acquire"}),
+        ("spectrogram", "sample_rate", 22_050, {"acquire", "render"}),
+        ("spectrogram", "n_mels", 64, {"render"}),
+        ("subset", "caption_template", "a sound of {name}", {"subset"}),
+        ("subset", "mix_domain", "mel", {"render"}),
+        ("render", "image_size", 128, {"render"}),
+    ]
+    for group, key, value, stages in expectations:
+        assert changed_stages(repo, group, key, value) == stages, f"{group}.{key}"
     assert "up to date" in run(["dvc", "status"], repo).lower()
-    # A spectrogram setting that acquire does not read leaves it up to date.
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["spectrogram"]["n_mels"] = 64
-    (repo / "params.yaml").write_text(yaml.safe_dump(params))
-    assert "acquire" not in run(["dvc", "status"], repo)
-    params["spectrogram"]["sample_rate"] = 22_050
-    (repo / "params.yaml").write_text(yaml.safe_dump(params))
-    assert "acquire" in run(["dvc", "status"], repo)
+
+
+def stages_run(repo, group, key, value):
+    """Stages `dvc repro` actually runs after setting params[group][key] = value."""
+    path = repo / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    params[group][key] = value
+    path.write_text(yaml.safe_dump(params))
+    output = run(["dvc", "repro"], repo)
+    return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
+
+
+def test_changes_rerun_only_the_stages_they_reach(repo):
+    run(["dvc", "repro"], repo)
+    assert stages_run(repo, "subset", "caption_template", "a sound of {name}") == {"subset", "render"}
+    assert stages_run(repo, "render", "image_size", 128) == {"render"}
 
 
 def test_every_stage_dependency_exists():

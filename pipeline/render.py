@@ -1,0 +1,208 @@
+"""Stage ``render``: subset rows -> mel images in ``data/shards/<split>/part-NNNNN.parquet``.
+
+Shards are written by a pool of worker processes, each shard atomically. A shard whose
+file already carries the fingerprint of its rows and SpectrogramSpec is kept, so a run
+killed half way finishes the rest without redoing what is done (``data/shards`` is a
+persistent DVC output). Rows whose audio is missing, unreadable, not 16 kHz mono,
+truncated or silent are skipped and listed, by reason, in ``data/shards/report.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import multiprocessing
+import sys
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import soundfile as sf
+import torch
+from tqdm import tqdm
+
+from pipeline import params as params_module
+from pipeline.files import atomic_path, remove_partials
+from pipeline.shards import SHARDS_DIR, encode_png, read_fingerprint, shard_schema
+from pipeline.spectrogram import SpectrogramSpec, log_mel_to_grey, waveform_to_log_mel
+from pipeline.subset import SPLITS, SUBSET_DIR
+
+RAW_DIR = Path("data/raw")
+SHARD_FORMAT = 1  # bump when the shard layout changes, so old shards are rewritten
+MIN_FRACTION = 0.9  # shorter audio than this fraction of a clip is "truncated"
+
+
+class SkipRow(Exception):
+    """This row's audio cannot be used; the message says why."""
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    split: str
+    number: int
+    rows: list[dict]
+    spec: SpectrogramSpec
+    mix_domain: str
+    row_group_rows: int
+    raw_dir: Path
+    path: Path
+
+    @property
+    def fingerprint(self) -> str:
+        content = json.dumps([SHARD_FORMAT, asdict(self.spec), self.mix_domain, self.rows],
+                             sort_keys=True, default=str)
+        return hashlib.sha256(content.encode()).hexdigest()
+
+
+def load_clip(path: Path, spec: SpectrogramSpec) -> np.ndarray:
+    """A clip as float32 mono of exactly ``spec.num_samples``, or SkipRow."""
+    if not path.exists():
+        raise SkipRow("missing file")
+    try:
+        audio, sample_rate = sf.read(path, dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, ValueError) as error:
+        raise SkipRow(f"unreadable audio ({error})") from None
+    if sample_rate != spec.sample_rate:
+        raise SkipRow(f"sample rate {sample_rate} != {spec.sample_rate}")
+    if audio.shape[1] != 1:
+        raise SkipRow(f"{audio.shape[1]} channels, expected mono")
+    audio = audio[:, 0]
+    if len(audio) < MIN_FRACTION * spec.num_samples:
+        raise SkipRow(f"truncated ({len(audio) / spec.sample_rate:.2f} s)")
+    if not np.any(audio):
+        raise SkipRow("silent")
+    return np.pad(audio[:spec.num_samples], (0, max(0, spec.num_samples - len(audio))))
+
+
+def row_log_mel(row: dict, task: ShardTask) -> torch.Tensor:
+    clips = torch.from_numpy(np.stack([load_clip(task.raw_dir / p, task.spec) for p in row["paths"]]))
+    if len(clips) == 1:
+        return waveform_to_log_mel(clips[0], task.spec)
+    if task.mix_domain == "waveform":
+        return waveform_to_log_mel(clips.mean(dim=0), task.spec)
+    return waveform_to_log_mel(clips, task.spec).mean(dim=0)
+
+
+def render_shard(task: ShardTask) -> tuple[str, int, list[tuple[str, str]], int]:
+    """Write one shard; returns (split, rows written, skipped (id, reason), bytes)."""
+    kept, mels, skipped = [], [], []
+    for row in task.rows:
+        try:
+            mels.append(row_log_mel(row, task))
+            kept.append(row)
+        except SkipRow as why:
+            skipped.append((row["id"], str(why)))
+    if mels:
+        log_mels = torch.stack(mels)
+        grey = log_mel_to_grey(log_mels, task.spec).numpy()
+        columns = {name: [row[name] for row in kept] for name in
+                   ("id", "caption", "target", "target_name", "labels", "source_ids", "is_mixture")}
+        columns["image"] = [{"bytes": encode_png(g), "path": None} for g in grey]
+        columns["log_mel"] = list(log_mels.reshape(len(kept), -1).numpy().astype(np.float16))
+    else:
+        columns = {name: [] for name in shard_schema(task.spec, "").names}
+    schema = shard_schema(task.spec, task.fingerprint)
+    table = pa.Table.from_pydict(columns, schema=schema)
+    with atomic_path(task.path) as tmp:
+        pq.write_table(table, tmp, compression="zstd", row_group_size=task.row_group_rows)
+    return task.split, len(kept), skipped, task.path.stat().st_size
+
+
+def plan_shards(index: pa.Table, params: params_module.Params, raw_dir: Path,
+                out_dir: Path) -> list[ShardTask]:
+    config = params.render
+    columns = ["id", "caption", "target", "target_name", "labels", "source_ids", "is_mixture", "paths"]
+    tasks = []
+    for split in SPLITS:
+        rows = [r for r in index.select(columns + ["split"]).to_pylist() if r.pop("split") == split]
+        for number, start in enumerate(range(0, len(rows), config.shard_rows)):
+            tasks.append(ShardTask(
+                split=split, number=number, rows=rows[start:start + config.shard_rows],
+                spec=params.spec, mix_domain=params.subset.mix_domain,
+                row_group_rows=config.row_group_rows, raw_dir=raw_dir,
+                path=out_dir / split / f"part-{number:05d}.parquet"))
+    return tasks
+
+
+def render(params: params_module.Params, index_path: Path = SUBSET_DIR / "index.parquet",
+           raw_dir: Path = RAW_DIR, out_dir: Path = SHARDS_DIR) -> dict:
+    tasks = plan_shards(pq.read_table(index_path), params, raw_dir, out_dir)
+    for split in SPLITS:
+        (out_dir / split).mkdir(parents=True, exist_ok=True)
+        remove_partials(out_dir / split)
+    planned = {task.path for task in tasks}
+    for stale in out_dir.glob("*/part-*.parquet"):
+        if stale not in planned:
+            stale.unlink()
+    todo = [t for t in tasks if read_fingerprint(t.path) != t.fingerprint]
+    report = {"rows": Counter(), "skipped": [], "bytes_written": 0,
+              "shards": len(tasks), "shards_reused": len(tasks) - len(todo)}
+    for task in tasks:
+        if task not in todo:
+            report["rows"][task.split] += pq.read_metadata(task.path).num_rows
+            report["skipped"] += _previously_skipped(task, out_dir)
+    progress = tqdm(total=sum(len(t.rows) for t in todo), desc="render", unit="row", file=sys.stderr)
+    with _shard_pool(min(params.render.workers, len(todo))) as pool:
+        for task, (split, written, skipped, size) in zip(todo, pool.map(render_shard, todo)):
+            report["rows"][split] += written
+            report["skipped"] += [dict(id=i, split=split, reason=r, shard=task.path.name) for i, r in skipped]
+            report["bytes_written"] += size
+            progress.update(len(task.rows))
+    progress.close()
+    report["rows"] = dict(report["rows"])
+    report["skipped_by_reason"] = dict(Counter(s["reason"] for s in report["skipped"]))
+    with atomic_path(out_dir / "report.json") as tmp:
+        tmp.write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+class _InProcess:
+    """The pool interface without processes: one worker is not worth a spawn (~2 s of imports)."""
+
+    map = staticmethod(map)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _one_thread() -> None:
+    torch.set_num_threads(1)  # one process per core beats threads fighting over cores
+
+
+def _shard_pool(workers: int):
+    if workers <= 1:
+        return _InProcess()
+    # spawn, not fork: forking a process whose torch/OpenMP threads have run can deadlock.
+    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_one_thread)
+
+
+def _previously_skipped(task: ShardTask, out_dir: Path) -> list[dict]:
+    """Skips recorded for a reused shard by the run that wrote it."""
+    try:
+        earlier = json.loads((out_dir / "report.json").read_text())["skipped"]
+    except (OSError, KeyError, ValueError):
+        return []
+    return [s for s in earlier if s["split"] == task.split and s["shard"] == task.path.name]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default=str(params_module.PARAMS_YAML))
+    args = parser.parse_args(argv)
+    report = render(params_module.load(args.params))
+    print(f"rows per split {report['rows']}; {len(report['skipped'])} skipped "
+          f"{report['skipped_by_reason']}; {report['shards_reused']} of {report['shards']} shards "
+          f"reused; {report['bytes_written'] / 1e6:.1f} MB written", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,162 @@
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import soundfile as sf
+import torch
+
+from pipeline.acquire import acquire
+from pipeline.params import parse
+from pipeline.render import render
+from pipeline.shards import ShardError, iter_batches, read_spec, shard_files
+from pipeline.spectrogram import image_to_log_mel, log_mel_to_image, waveform_to_log_mel
+from pipeline.subset import build_index, write_subset
+
+PARAMS = {
+    "source": {"num_classes": 4, "clips_per_class": 6, "two_label_fraction": 0.0},
+    "subset": {"mixtures": 6, "min_per_class": 2},
+    "render": {"image_size": 64, "shard_rows": 8, "row_group_rows": 4, "workers": 2},
+}
+
+
+def build(tmp_path, ontology, **overrides):
+    raw = {k: dict(v) for k, v in PARAMS.items()}
+    for group, values in overrides.items():
+        raw[group].update(values)
+    params = parse(raw)
+    if not (tmp_path / "raw" / "manifest.parquet").exists():
+        acquire(params, tmp_path / "raw", ontology)
+    from pipeline.manifest import read_manifest
+    table, report = build_index(read_manifest(tmp_path / "raw" / "manifest.parquet"), params.subset, ontology)
+    write_subset(table, report, tmp_path / "subset")
+    return params
+
+
+def run_render(tmp_path, params):
+    return render(params, tmp_path / "subset" / "index.parquet", tmp_path / "raw", tmp_path / "shards")
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory, ontology):
+    tmp_path = tmp_path_factory.mktemp("render")
+    params = build(tmp_path, ontology)
+    report = run_render(tmp_path, params)
+    return tmp_path, params, report
+
+
+def rows_by_id(shards, split):
+    return {i: (img, mel) for batch in iter_batches(split, ["id", "image", "log_mel"], root=shards)
+            for i, img, mel in zip(batch["id"], batch["image"], batch["log_mel"])}
+
+
+def test_shards_hold_every_row(rendered):
+    tmp_path, params, report = rendered
+    index = pq.read_table(tmp_path / "subset" / "index.parquet").to_pandas()
+    assert report["rows"] == index.split.value_counts().to_dict() and report["skipped"] == []
+    for split in ("train", "val", "test"):
+        files = shard_files(split, tmp_path / "shards")
+        assert all(pq.read_metadata(f).num_rows <= 8 for f in files)
+        assert all(pq.read_metadata(f).row_group(0).column(0).compression == "ZSTD" for f in files)
+        assert read_spec(files[0]) == params.spec
+        assert set(rows_by_id(tmp_path / "shards", split)) == set(index[index.split == split].id)
+
+
+def test_image_and_mel_round_trip(rendered, ontology):
+    tmp_path, params, _ = rendered
+    spec = params.spec
+    rows = rows_by_id(tmp_path / "shards", "test")
+    clip_id, (image, log_mel) = next(iter(rows.items()))
+    audio, _ = sf.read(tmp_path / "raw" / "clips" / f"{clip_id}.flac", dtype="float32")
+    expected = waveform_to_log_mel(torch.from_numpy(audio), spec).numpy()
+    assert image.shape == (64, 64) and image.dtype == np.uint8
+    assert log_mel.shape == (128, 128)
+    assert np.abs(log_mel - expected).max() <= 0.05  # float16 storage: < 0.03 dB over [-40, 60]
+    assert np.array_equal(image, log_mel_to_image(torch.from_numpy(expected), spec)[0].numpy())
+    back = image_to_log_mel(torch.from_numpy(image), spec).numpy()
+    step = (spec.max_db - spec.min_db) / 255
+    # A 64-px image averages 2x2 mel cells, so its inverse matches the cell means.
+    pooled = expected.reshape(64, 2, 64, 2).mean(axis=(1, 3)).repeat(2, 0).repeat(2, 1)
+    assert np.abs(back - pooled).max() <= step / 2 + 1e-3
+
+
+@pytest.mark.parametrize("domain", ["waveform", "mel"])
+def test_mixture_is_the_average_of_its_sources(tmp_path, ontology, domain):
+    params = build(tmp_path, ontology, subset={"mix_domain": domain})
+    run_render(tmp_path, params)
+    spec = params.spec
+    index = pq.read_table(tmp_path / "subset" / "index.parquet").to_pandas()
+    mixture = index[index.is_mixture].iloc[0]
+    clips = [sf.read(tmp_path / "raw" / p, dtype="float32")[0] for p in mixture.paths]
+    if domain == "waveform":
+        expected = waveform_to_log_mel(torch.from_numpy((clips[0] + clips[1]) / 2), spec)
+    else:
+        expected = waveform_to_log_mel(torch.from_numpy(np.stack(clips)), spec).mean(dim=0)
+    _, stored = rows_by_id(tmp_path / "shards", "train")[mixture.id]
+    assert np.abs(stored - expected.numpy()).max() <= 0.05
+
+
+def test_bad_audio_is_skipped_and_reported(tmp_path, ontology):
+    params = build(tmp_path, ontology)
+    clips = tmp_path / "raw" / "clips"
+    (clips / "syn-00-0000.flac").unlink()
+    (clips / "syn-00-0001.flac").write_bytes(b"not a flac file")
+    sf.write(clips / "syn-00-0002.flac", np.zeros(160_000, np.float32), 16_000)
+    sf.write(clips / "syn-00-0003.flac", np.zeros((160_000, 2), np.float32) + 0.1, 16_000)
+    sf.write(clips / "syn-00-0004.flac", np.full(40_000, 0.1, np.float32), 16_000)
+    report = run_render(tmp_path, params)
+    reasons = {s["id"]: s["reason"] for s in report["skipped"]}
+    assert reasons["syn-00-0000"] == "missing file"
+    assert reasons["syn-00-0001"].startswith("unreadable audio")
+    assert reasons["syn-00-0002"] == "silent"
+    assert reasons["syn-00-0003"] == "2 channels, expected mono"
+    assert reasons["syn-00-0004"].startswith("truncated")
+    saved = json.loads((tmp_path / "shards" / "report.json").read_text())
+    assert saved["skipped_by_reason"]["missing file"] >= 1
+    written = sum(report["rows"].values())
+    index_rows = pq.read_metadata(tmp_path / "subset" / "index.parquet").num_rows
+    assert written + len(report["skipped"]) == index_rows
+
+
+def test_resume_after_a_kill_redoes_only_unfinished_shards(tmp_path, ontology):
+    params = build(tmp_path, ontology)
+    first = run_render(tmp_path, params)
+    files = sorted((tmp_path / "shards").glob("*/part-*.parquet"))
+    stamps = {f: f.stat().st_mtime_ns for f in files}
+    files[0].unlink()  # the shard a killed run had not finished
+    (files[1].parent / f".{files[1].name}.x.partial").write_bytes(b"half")
+    second = run_render(tmp_path, params)
+    assert second["shards_reused"] == len(files) - 1 and second["rows"] == first["rows"]
+    assert all(f.stat().st_mtime_ns == stamps[f] for f in files[1:])
+    assert not list((tmp_path / "shards").glob("*/*.partial"))
+    bigger = build(tmp_path, ontology, render={"image_size": 128})
+    assert run_render(tmp_path, bigger)["shards_reused"] == 0  # another spec: everything redone
+
+
+def test_iter_batches_shuffles_deterministically(rendered):
+    shards = rendered[0] / "shards"
+    plain = [i for b in iter_batches("train", ["id"], batch_size=5, root=shards) for i in b["id"]]
+    one = [i for b in iter_batches("train", ["id"], batch_size=5, shuffle_seed=1, root=shards,
+                                   buffer_row_groups=2) for i in b["id"]]
+    same = [i for b in iter_batches("train", ["id"], batch_size=5, shuffle_seed=1, root=shards,
+                                    buffer_row_groups=2) for i in b["id"]]
+    other = [i for b in iter_batches("train", ["id"], batch_size=5, shuffle_seed=2, root=shards,
+                                     buffer_row_groups=2) for i in b["id"]]
+    assert sorted(one) == sorted(plain) and len(set(plain)) == len(plain)
+    assert one == same and one != other and one != plain
+    sizes = [len(b["id"]) for b in iter_batches("train", ["id"], batch_size=5, root=shards, drop_last=True)]
+    assert set(sizes) == {5}
+    with pytest.raises(ShardError, match="run `dvc repro render`"):
+        next(iter_batches("nope", root=shards))
+
+
+def test_standard_readers(rendered):
+    import datasets
+
+    shards = rendered[0] / "shards"
+    files = [str(f) for f in shard_files("val", shards)]
+    dataset = datasets.load_dataset("parquet", data_files=files, split="train")
+    assert isinstance(dataset.features["image"], datasets.Image)
+    first = dataset[0]
+    assert first["image"].size == (64, 64) and len(first["log_mel"]) == 128 * 128
+    assert pq.read_table(files[0]).num_rows == pq.read_metadata(files[0]).num_rows
