@@ -1,27 +1,101 @@
-"""The ``specldm`` command."""
+"""The ``specldm`` command: ``specldm profile`` and ``specldm generate``.
+
+torch, diffusers and the ontology are imported only by the commands that use them, so
+`specldm profile` answers at once.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from pipeline import params
+
+GENERATE_EXAMPLES = """examples:
+  specldm generate "Church bell" --out bell.wav
+  specldm generate "a spectrogram of the sound of Rain" --seconds 5 --out rain.wav
+  specldm generate /m/03w41f --height 64 --width 400 --steps 50 --guidance 5 --seed 3
+"""
+
+
+def resolve_prompt(text: str, template: str) -> str:
+    """Text that mentions a spectrogram is a prompt as the model was trained on; anything
+    else must name an AudioSet class (display name or id), which becomes that caption."""
+    if "spectrogram" in text.lower():
+        return text
+    from pipeline.ontology import Ontology
+
+    ontology = Ontology.load()
+    return ontology.caption(ontology.resolve(text), template)
+
+
+def generate(args) -> None:
+    from pipeline.generate import generate_images, image_to_audio, load_generator, save_png, save_wav
+    from pipeline.models import ModelError, read_model_spec
+    from pipeline.spectrogram import width_for_seconds
+
+    model = Path(args.model)
+    if not (model / "model_index.json").exists():
+        raise ModelError(f"no model at {model}; run `make run` (or `dvc repro train`) first, "
+                         "or point --model at a diffusers pipeline directory")
+    settings = params.load(args.params) if Path(args.params).exists() else params.Params()
+    spec = read_model_spec(model) or settings.spec
+    prompt = resolve_prompt(args.text, settings.subset.caption_template)
+    height = args.height or spec.image_size
+    width = args.width or width_for_seconds(args.seconds, spec)
+    pipe = load_generator(model, args.scheduler)
+    grey = generate_images(pipe, [prompt], [args.seed], height, width, args.steps, args.guidance)[0]
+    audio = image_to_audio(grey, spec, n_iter=args.griffin_lim_iters, seed=args.seed)
+    if args.width is None:
+        audio = audio[:round(args.seconds * spec.sample_rate)]
+    out = Path(args.out)
+    save_wav(out, audio, spec.sample_rate)
+    save_png(out.with_suffix(".png"), grey)
+    print(f"{out} ({len(audio) / spec.sample_rate:.2f} s) and {out.with_suffix('.png')} "
+          f"({height}x{width}) from {prompt!r}")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="specldm", description="specldm pipeline tools")
     commands = parser.add_subparsers(dest="command", required=True)
+
     switch = commands.add_parser(
         "profile", help="rewrite params.yaml from a profile: 'default' (offline CPU) or 'paper'")
     switch.add_argument("name", help="default, or the stem of a file in configs/")
     switch.add_argument("--params", default=str(params.PARAMS_YAML), help="file to write")
+
+    make = commands.add_parser("generate", help="generate a clip (WAV + spectrogram PNG)",
+                               epilog=GENERATE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    make.add_argument("text", help="an AudioSet class name or id, or a full spectrogram prompt")
+    make.add_argument("--model", default="models/finetuned", help="a diffusers pipeline directory")
+    make.add_argument("--out", default="clip.wav", help="the WAV to write; the PNG goes beside it")
+    length = make.add_mutually_exclusive_group()
+    length.add_argument("--seconds", type=float, default=10.0, help="audio length (sets the width)")
+    length.add_argument("--width", type=int, help="image width in pixels (multiple of 8)")
+    make.add_argument("--height", type=int, help="image height (multiple of 8; default: training size)")
+    make.add_argument("--steps", type=int, default=25)
+    make.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale")
+    make.add_argument("--seed", type=int, default=0)
+    make.add_argument("--scheduler", default="dpm++", choices=params.SCHEDULER_NAMES)
+    make.add_argument("--griffin-lim-iters", type=int, help="default: the model's SpectrogramSpec")
+    make.add_argument("--params", default=str(params.PARAMS_YAML),
+                      help="params.yaml for the caption template and a fallback spec")
     args = parser.parse_args(argv)
+
+    from pipeline.models import ModelError
+    from pipeline.ontology import OntologyError
+    from pipeline.spectrogram import SpecError
 
     try:
         if args.command == "profile":
             params.write_profile(args.name, args.params)
             print(f"{args.params} now holds profile '{args.name}'; `dvc status` shows what reruns")
-    except params.ParamsError as error:
+        else:
+            if args.seconds <= 0:
+                raise SpecError(f"--seconds={args.seconds} must be positive")
+            generate(args)
+    except (params.ParamsError, ModelError, OntologyError, SpecError) as error:
         print(f"specldm: {error}", file=sys.stderr)
         return 2
     return 0

@@ -133,12 +133,178 @@ class RenderParams:
         _require(self.workers >= 1, "render.workers", "must be at least 1")
 
 
+PRECISIONS = ("auto", "no", "bf16", "fp16")
+INITS = ("pretrained", "scratch")
+LR_SCHEDULES = ("constant_with_warmup", "cosine", "linear")
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    # "tiny": a small KL-VAE + U-Net pre-trained here on natural photographs, conditioned on
+    # all-MiniLM-L6-v2. Otherwise a diffusers checkpoint: a local directory or a hub id.
+    base: str = "tiny"
+    vae_channels: tuple[int, ...] = (16, 32, 32, 32)
+    vae_layers_per_block: int = 1
+    unet_channels: tuple[int, ...] = (32, 64, 64)
+    unet_layers_per_block: int = 1
+    attention_head_dim: int = 8
+    max_tokens: int = 64
+
+    def __post_init__(self) -> None:
+        _require(bool(self.base.strip()), "model.base", "must be 'tiny' or a checkpoint")
+        _require(len(self.vae_channels) == 4, "model.vae_channels",
+                 "needs 4 levels (the VAE downsamples 8x, like Stable Diffusion's)")
+        _require(len(self.unet_channels) >= 2, "model.unet_channels", "needs at least 2 levels")
+        for key in ("vae_channels", "unet_channels"):
+            _require(all(c >= 8 and c % 8 == 0 for c in getattr(self, key)), f"model.{key}",
+                     "must be multiples of 8 (group norm)")
+        for key in ("vae_layers_per_block", "unet_layers_per_block", "attention_head_dim", "max_tokens"):
+            _require(getattr(self, key) >= 1, f"model.{key}", "must be at least 1")
+
+
+@dataclass(frozen=True)
+class PretrainParams:
+    """Image pre-training of the tiny base (the offline stand-in for LAION)."""
+
+    seed: int = 0
+    # 2000 steps on 32 px crops cost what 500 on 64 px do, and reconstruct spectrograms better
+    vae_steps: int = 2000
+    unet_steps: int = 400
+    batch_size: int = 16
+    crop_size: int = 32  # VAE training crops; the U-Net trains at render.image_size
+    learning_rate: float = 1e-3
+    kl_weight: float = 1e-6
+
+    def __post_init__(self) -> None:
+        for key in ("vae_steps", "unet_steps"):
+            _require(getattr(self, key) >= 0, f"pretrain.{key}", "must not be negative")
+        _require(self.batch_size >= 1, "pretrain.batch_size", "must be at least 1")
+        _require(self.crop_size >= 8 and self.crop_size % 8 == 0, "pretrain.crop_size",
+                 "must be a positive multiple of 8")
+        _require(self.learning_rate > 0, "pretrain.learning_rate", "must be positive")
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    seed: int = 0
+    steps: int = 1500
+    init: str = "pretrained"  # or "scratch": same architecture, random U-Net (the ablation)
+    batch_size: int = 32
+    gradient_accumulation: int = 1
+    learning_rate: float = 5e-4
+    lr_schedule: str = "constant_with_warmup"
+    warmup_steps: int = 100
+    max_grad_norm: float = 1.0
+    caption_dropout: float = 0.1  # trains the unconditional score classifier-free guidance needs
+    noise_offset: float = 0.1  # offset noise: lets the model make dark (spectrogram) images
+    # Rescale the noise schedule to zero terminal SNR and predict v (Lin et al. 2023): the
+    # principled fix for the same problem; the saved scheduler config carries it to sampling.
+    zero_terminal_snr: bool = False
+    ema: bool = True
+    ema_decay: float = 0.999
+    mixed_precision: str = "auto"  # bf16 where the GPU has it, else fp32
+    gradient_checkpointing: bool = False
+    checkpoint_every: int = 250
+    keep_checkpoints: int = 6
+    log_every: int = 10
+    finetune_vae: bool = False  # fine-tune the VAE decoder on spectrograms first
+    vae_steps: int = 300
+    vae_learning_rate: float = 1e-4
+
+    def __post_init__(self) -> None:
+        _require(self.steps >= 1, "train.steps", "must be at least 1")
+        _require(self.init in INITS, "train.init", f"must be one of {INITS}")
+        for key in ("batch_size", "gradient_accumulation", "checkpoint_every", "keep_checkpoints",
+                    "log_every"):
+            _require(getattr(self, key) >= 1, f"train.{key}", "must be at least 1")
+        _require(self.learning_rate > 0, "train.learning_rate", "must be positive")
+        _require(self.lr_schedule in LR_SCHEDULES, "train.lr_schedule", f"must be one of {LR_SCHEDULES}")
+        _require(self.warmup_steps >= 0, "train.warmup_steps", "must not be negative")
+        _require(self.max_grad_norm > 0, "train.max_grad_norm", "must be positive")
+        _require(0.0 <= self.caption_dropout < 1.0, "train.caption_dropout", "must be within [0, 1)")
+        _require(self.noise_offset >= 0.0, "train.noise_offset", "must not be negative")
+        _require(0.0 < self.ema_decay < 1.0, "train.ema_decay", "must be within (0, 1)")
+        _require(self.mixed_precision in PRECISIONS, "train.mixed_precision", f"must be one of {PRECISIONS}")
+        _require(self.vae_steps >= 0, "train.vae_steps", "must not be negative")
+        _require(self.vae_learning_rate > 0, "train.vae_learning_rate", "must be positive")
+
+
+@dataclass(frozen=True)
+class EvaluatorParams:
+    seed: int = 0
+    epochs: int = 30
+    batch_size: int = 32
+    learning_rate: float = 2e-3
+
+    def __post_init__(self) -> None:
+        for key in ("epochs", "batch_size"):
+            _require(getattr(self, key) >= 1, f"evaluator.{key}", "must be at least 1")
+        _require(self.learning_rate > 0, "evaluator.learning_rate", "must be positive")
+
+
+SCHEDULER_NAMES = ("dpm++", "ddim", "ddpm", "euler", "euler_a", "heun", "lms", "pndm", "unipc")
+
+
+def parse_resolution(text: str, key: str = "resolution") -> tuple[int, int]:
+    """"64x400" -> (64, 400), both positive multiples of 8."""
+    parts = text.lower().split("x")
+    ok = len(parts) == 2 and all(p.isdigit() and int(p) > 0 and int(p) % 8 == 0 for p in parts)
+    _require(ok, key, f"{text!r} is not '<H>x<W>' with H and W positive multiples of 8")
+    return int(parts[0]), int(parts[1])
+
+
+@dataclass(frozen=True)
+class SampleParams:
+    # "<H>x<W>" image sizes; the first is the training geometry's role in the default
+    resolutions: tuple[str, ...] = ("128x128", "64x400")
+    per_class: int = 4
+    steps: int = 25
+    guidance_scale: float = 3.0
+    scheduler: str = "dpm++"
+    seed: int = 0
+    batch_size: int = 16
+    wavs_per_class: int = 1  # Griffin-Lim is the slow part; PNGs are written for every sample
+    checkpoint_per_class: int = 1  # samples per class from each kept checkpoint (FID curve)
+
+    def __post_init__(self) -> None:
+        _require(len(self.resolutions) >= 1, "sample.resolutions", "needs at least one size")
+        for i, text in enumerate(self.resolutions):
+            parse_resolution(text, f"sample.resolutions[{i}]")
+        _require(len(set(self.resolutions)) == len(self.resolutions), "sample.resolutions",
+                 "lists a size twice")
+        for key in ("per_class", "steps", "batch_size"):
+            _require(getattr(self, key) >= 1, f"sample.{key}", "must be at least 1")
+        _require(self.guidance_scale >= 1.0, "sample.guidance_scale", "must be at least 1 (1 = no guidance)")
+        _require(self.scheduler in SCHEDULER_NAMES, "sample.scheduler", f"must be one of {SCHEDULER_NAMES}")
+        _require(0 <= self.wavs_per_class <= self.per_class, "sample.wavs_per_class",
+                 "must be within [0, sample.per_class]")
+        _require(self.checkpoint_per_class >= 0, "sample.checkpoint_per_class", "must not be negative")
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    # Inception-v3 weights for standard FID/KID (clean-fid's inception-2015-12-05.pt). Empty:
+    # clean-fid's own cache if it holds them, else the evaluator network (numbers then
+    # are not comparable to the paper's; see metrics/feature_extractor.json).
+    inception_weights: str = ""
+    batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        _require(self.batch_size >= 1, "evaluate.batch_size", "must be at least 1")
+
+
 @dataclass(frozen=True)
 class Params:
     source: SourceParams = field(default_factory=SourceParams)
     spectrogram: SpectrogramParams = field(default_factory=SpectrogramParams)
     subset: SubsetParams = field(default_factory=SubsetParams)
     render: RenderParams = field(default_factory=RenderParams)
+    model: ModelParams = field(default_factory=ModelParams)
+    pretrain: PretrainParams = field(default_factory=PretrainParams)
+    train: TrainParams = field(default_factory=TrainParams)
+    evaluator: EvaluatorParams = field(default_factory=EvaluatorParams)
+    sample: SampleParams = field(default_factory=SampleParams)
+    evaluate: EvaluateParams = field(default_factory=EvaluateParams)
 
     def __post_init__(self) -> None:
         self.spec  # validates the combination

@@ -131,3 +131,12 @@ def iter_batches(split: str, columns: Sequence[str] | None = None, batch_size: i
         pending = buffer.slice(full) if full < len(buffer) else None
     if pending is not None and len(pending) and not drop_last:
         yield _decode(pending, spec)
+
+
+def read_split(split: str, columns: Sequence[str], root: Path | str = SHARDS_DIR) -> dict:
+    """A whole split in memory (for small splits and per-row metadata), in shard order."""
+    batches = list(iter_batches(split, columns, batch_size=256, root=root))
+    if not batches:
+        raise ShardError(f"split {split!r} under {root} has no rows; check {Path(root) / 'report.json'}")
+    return {c: np.concatenate([b[c] for b in batches]) if isinstance(batches[0][c], np.ndarray)
+            else [value for b in batches for value in b[c]] for c in columns}

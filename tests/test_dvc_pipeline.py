@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import TINY_PARAMS
 from pipeline.manifest import read_manifest
 from pipeline.params import Params
 
@@ -37,11 +38,12 @@ def repo(tmp_path):
         else:
             shutil.copy(source, target)
     params = yaml.safe_load((tmp_path / "params.yaml").read_text())
-    params["source"].update(num_classes=2, clips_per_class=4)  # Dial tone, Busy signal
-    params["subset"].update(min_per_class=1, mixtures=2)
-    params["render"].update(image_size=64, shard_rows=4, row_group_rows=2)
+    for group, values in TINY_PARAMS.items():
+        params[group].update(values)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     run(["git", "init", "-q"], tmp_path)
+    run(["git", "add", "-A"], tmp_path)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny"], tmp_path)
     return tmp_path
 
 
@@ -61,20 +63,34 @@ def changed_stages(repo, group, key, value):
 def test_dvc_repro_runs_the_dag_and_invalidates_precisely(repo):
     run(["dvc", "repro"], repo)
     manifest = read_manifest(repo / "data/raw/manifest.parquet")
-    assert len(manifest) == 8 and set(manifest.status) == {"ok"}
-    assert sorted(p.name for p in (repo / "data/shards/train").iterdir())[:1] == ["part-00000.parquet"]
+    assert len(manifest) == 24 and set(manifest.status) == {"ok"}
+    metrics = json.loads((repo / "metrics/metrics.json").read_text())
+    assert "fid.finetuned.64x400" in metrics and "accuracy.pretrained.64x64" in metrics
     assert json.loads(run(["dvc", "status", "--json"], repo)) == {}
+    shown = json.loads(run(["dvc", "metrics", "show", "--json"], repo))
+    assert any("metrics/metrics.json" in str(v) for v in shown.values())
     expectations = [
         ("source", "clips_per_class", 5, {"acquire"}),
         ("spectrogram", "sample_rate", 22_050, {"acquire", "render"}),
         ("spectrogram", "n_mels", 64, {"render"}),
         ("subset", "caption_template", "a sound of {name}", {"subset"}),
         ("subset", "mix_domain", "mel", {"render"}),
-        ("render", "image_size", 128, {"render"}),
+        ("render", "image_size", 128, {"render", "pretrain"}),
+        ("model", "unet_channels", [16, 16], {"pretrain"}),
+        ("train", "learning_rate", 1e-3, {"train"}),
+        ("evaluator", "epochs", 3, {"train_evaluator"}),
+        ("sample", "guidance_scale", 5.0, {"sample"}),
+        ("sample", "batch_size", 3, set()),  # per-image seeds: batching cannot change a sample
+        ("sample", "resolutions", ["64x64"], {"sample", "evaluate"}),
+        ("evaluate", "batch_size", 16, {"evaluate"}),
     ]
     for group, key, value, stages in expectations:
         assert changed_stages(repo, group, key, value) == stages, f"{group}.{key}"
     assert "up to date" in run(["dvc", "status"], repo).lower()
+
+    downstream = {"render", "train", "train_evaluator", "sample", "evaluate"}
+    assert stages_run(repo, "subset", "caption_template", "a sound of {name}") == {"subset"} | downstream
+    assert stages_run(repo, "sample", "guidance_scale", 4.0) == {"sample", "evaluate"}
 
 
 def stages_run(repo, group, key, value):
@@ -85,12 +101,6 @@ def stages_run(repo, group, key, value):
     path.write_text(yaml.safe_dump(params))
     output = run(["dvc", "repro"], repo)
     return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
-
-
-def test_changes_rerun_only_the_stages_they_reach(repo):
-    run(["dvc", "repro"], repo)
-    assert stages_run(repo, "subset", "caption_template", "a sound of {name}") == {"subset", "render"}
-    assert stages_run(repo, "render", "image_size", 128) == {"render"}
 
 
 def test_every_stage_dependency_exists():

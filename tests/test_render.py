@@ -6,42 +6,16 @@ import pytest
 import soundfile as sf
 import torch
 
-from pipeline.acquire import acquire
-from pipeline.params import parse
-from pipeline.render import render
+from conftest import build_subset, render_into
 from pipeline.shards import ShardError, iter_batches, read_spec, shard_files
 from pipeline.spectrogram import image_to_log_mel, log_mel_to_image, waveform_to_log_mel
-from pipeline.subset import build_index, write_subset
-
-PARAMS = {
-    "source": {"num_classes": 4, "clips_per_class": 6, "two_label_fraction": 0.0},
-    "subset": {"mixtures": 6, "min_per_class": 2},
-    "render": {"image_size": 64, "shard_rows": 8, "row_group_rows": 4, "workers": 2},
-}
-
-
-def build(tmp_path, ontology, **overrides):
-    raw = {k: dict(v) for k, v in PARAMS.items()}
-    for group, values in overrides.items():
-        raw[group].update(values)
-    params = parse(raw)
-    if not (tmp_path / "raw" / "manifest.parquet").exists():
-        acquire(params, tmp_path / "raw", ontology)
-    from pipeline.manifest import read_manifest
-    table, report = build_index(read_manifest(tmp_path / "raw" / "manifest.parquet"), params.subset, ontology)
-    write_subset(table, report, tmp_path / "subset")
-    return params
-
-
-def run_render(tmp_path, params):
-    return render(params, tmp_path / "subset" / "index.parquet", tmp_path / "raw", tmp_path / "shards")
 
 
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory, ontology):
     tmp_path = tmp_path_factory.mktemp("render")
-    params = build(tmp_path, ontology)
-    report = run_render(tmp_path, params)
+    params = build_subset(tmp_path, ontology)
+    report = render_into(tmp_path, params)
     return tmp_path, params, report
 
 
@@ -82,8 +56,8 @@ def test_image_and_mel_round_trip(rendered, ontology):
 
 @pytest.mark.parametrize("domain", ["waveform", "mel"])
 def test_mixture_is_the_average_of_its_sources(tmp_path, ontology, domain):
-    params = build(tmp_path, ontology, subset={"mix_domain": domain})
-    run_render(tmp_path, params)
+    params = build_subset(tmp_path, ontology, subset={"mix_domain": domain})
+    render_into(tmp_path, params)
     spec = params.spec
     index = pq.read_table(tmp_path / "subset" / "index.parquet").to_pandas()
     mixture = index[index.is_mixture].iloc[0]
@@ -97,14 +71,14 @@ def test_mixture_is_the_average_of_its_sources(tmp_path, ontology, domain):
 
 
 def test_bad_audio_is_skipped_and_reported(tmp_path, ontology):
-    params = build(tmp_path, ontology)
+    params = build_subset(tmp_path, ontology)
     clips = tmp_path / "raw" / "clips"
     (clips / "syn-00-0000.flac").unlink()
     (clips / "syn-00-0001.flac").write_bytes(b"not a flac file")
     sf.write(clips / "syn-00-0002.flac", np.zeros(160_000, np.float32), 16_000)
     sf.write(clips / "syn-00-0003.flac", np.zeros((160_000, 2), np.float32) + 0.1, 16_000)
     sf.write(clips / "syn-00-0004.flac", np.full(40_000, 0.1, np.float32), 16_000)
-    report = run_render(tmp_path, params)
+    report = render_into(tmp_path, params)
     reasons = {s["id"]: s["reason"] for s in report["skipped"]}
     assert reasons["syn-00-0000"] == "missing file"
     assert reasons["syn-00-0001"].startswith("unreadable audio")
@@ -119,18 +93,18 @@ def test_bad_audio_is_skipped_and_reported(tmp_path, ontology):
 
 
 def test_resume_after_a_kill_redoes_only_unfinished_shards(tmp_path, ontology):
-    params = build(tmp_path, ontology)
-    first = run_render(tmp_path, params)
+    params = build_subset(tmp_path, ontology)
+    first = render_into(tmp_path, params)
     files = sorted((tmp_path / "shards").glob("*/part-*.parquet"))
     stamps = {f: f.stat().st_mtime_ns for f in files}
     files[0].unlink()  # the shard a killed run had not finished
     (files[1].parent / f".{files[1].name}.x.partial").write_bytes(b"half")
-    second = run_render(tmp_path, params)
+    second = render_into(tmp_path, params)
     assert second["shards_reused"] == len(files) - 1 and second["rows"] == first["rows"]
     assert all(f.stat().st_mtime_ns == stamps[f] for f in files[1:])
     assert not list((tmp_path / "shards").glob("*/*.partial"))
-    bigger = build(tmp_path, ontology, render={"image_size": 128})
-    assert run_render(tmp_path, bigger)["shards_reused"] == 0  # another spec: everything redone
+    bigger = build_subset(tmp_path, ontology, render={"image_size": 128})
+    assert render_into(tmp_path, bigger)["shards_reused"] == 0  # another spec: everything redone
 
 
 def test_iter_batches_shuffles_deterministically(rendered):

@@ -1,0 +1,123 @@
+"""A small CNN audio classifier on log-mels: the audio-domain feature space for evaluation.
+
+It is trained on the real training mels (stage ``train_evaluator``). Its penultimate
+embedding plays the role PANNs/VGGish play in AudioLDM-style evaluations (whose weights
+cannot be downloaded here): Frechet distance in that space, and conditioning accuracy
+(how often it hears the class a sample was prompted with).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from pipeline.spectrogram import SpectrogramSpec
+
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+
+
+class AudioClassifier(nn.Module):
+    """Four conv blocks (8-64 channels), time-averaged, then a 128-d embedding and a linear classifier.
+    Averaging over time lets it read clips of any length (a 64x400 sample, say)."""
+
+    def __init__(self, n_mels: int, classes: int, embedding_dim: int = 128):
+        super().__init__()
+        blocks, channels = [], 1
+        for width in (8, 16, 32, 64):
+            blocks += [nn.Conv2d(channels, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
+                       nn.MaxPool2d(2)]
+            channels = width
+        self.features = nn.Sequential(*blocks)
+        self.embed = nn.Sequential(nn.Linear(channels * (n_mels // 16), embedding_dim), nn.ReLU())
+        self.classify = nn.Sequential(nn.Dropout(0.3), nn.Linear(embedding_dim, classes))
+
+    def embedding(self, unit_mels: torch.Tensor) -> torch.Tensor:
+        """``(B, n_mels, frames)`` log-mels scaled to [0, 1] -> ``(B, embedding_dim)``."""
+        maps = self.features(unit_mels.unsqueeze(1))  # (B, C, n_mels/16, frames/16)
+        return self.embed(maps.mean(dim=-1).flatten(1))
+
+    def forward(self, unit_mels: torch.Tensor) -> torch.Tensor:
+        return self.classify(self.embedding(unit_mels))
+
+
+def to_unit(log_mels: torch.Tensor | np.ndarray, spec: SpectrogramSpec) -> torch.Tensor:
+    unit = (torch.as_tensor(np.asarray(log_mels), dtype=torch.float32) - spec.min_db)
+    return unit / (spec.max_db - spec.min_db)
+
+
+class Evaluator:
+    """A trained classifier with its class list and the spec its inputs follow."""
+
+    def __init__(self, model: AudioClassifier, class_ids: list[str], class_names: list[str],
+                 spec: SpectrogramSpec):
+        self.model = model.eval()
+        self.class_ids = class_ids
+        self.class_names = class_names
+        self.spec = spec
+
+    @torch.no_grad()
+    def embed(self, log_mels, batch_size: int = 64) -> np.ndarray:
+        return self._batched(self.model.embedding, log_mels, batch_size)
+
+    @torch.no_grad()
+    def predict(self, log_mels, batch_size: int = 64) -> np.ndarray:
+        """Indices into ``class_ids``."""
+        return self._batched(self.model, log_mels, batch_size).argmax(axis=1)
+
+    def _batched(self, fn, log_mels, batch_size: int) -> np.ndarray:
+        unit = to_unit(log_mels, self.spec)
+        return torch.cat([fn(unit[i:i + batch_size]) for i in range(0, len(unit), batch_size)]).numpy()
+
+    def save(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        save_file(self.model.state_dict(), directory / WEIGHTS)
+        config = {"class_ids": self.class_ids, "class_names": self.class_names,
+                  "embedding_dim": self.model.embed[0].out_features, "spec": asdict(self.spec)}
+        (directory / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+
+    @classmethod
+    def load(cls, directory: Path | str) -> "Evaluator":
+        directory = Path(directory)
+        if not (directory / CONFIG).exists():
+            raise FileNotFoundError(f"{directory}: no evaluator here; run `dvc repro train_evaluator`")
+        config = json.loads((directory / CONFIG).read_text())
+        spec = SpectrogramSpec(**config["spec"])
+        model = AudioClassifier(spec.n_mels, len(config["class_ids"]), config["embedding_dim"])
+        model.load_state_dict(load_file(directory / WEIGHTS))
+        return cls(model, config["class_ids"], config["class_names"], spec)
+
+
+def train_classifier(log_mels: np.ndarray, labels: np.ndarray, classes: int, spec: SpectrogramSpec,
+                     epochs: int, batch_size: int, learning_rate: float, seed: int,
+                     embedding_dim: int = 128) -> AudioClassifier:
+    """Cross-entropy with random time crops (so shorter inputs read the same) and random
+    gain (a level change must not change the class)."""
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model = AudioClassifier(spec.n_mels, classes, embedding_dim)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=1e-4)
+    data = torch.from_numpy(np.asarray(log_mels, dtype=np.float32))
+    targets = torch.from_numpy(np.asarray(labels)).long()
+    frames = data.shape[-1]
+    model.train()
+    for _ in range(epochs):
+        order = torch.randperm(len(data), generator=generator)
+        for start in range(0, len(data), batch_size):
+            rows = order[start:start + batch_size]
+            width = int(torch.randint(max(16, frames // 2), frames + 1, (1,), generator=generator))
+            offset = int(torch.randint(0, frames - width + 1, (1,), generator=generator))
+            gain = (torch.rand(len(rows), 1, 1, generator=generator) - 0.5) * 12.0
+            crop = (data[rows, :, offset:offset + width] + gain).clamp(spec.min_db, spec.max_db)
+            loss = F.cross_entropy(model(to_unit(crop, spec)), targets[rows])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    return model.eval()

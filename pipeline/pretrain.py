@@ -1,0 +1,171 @@
+"""Stage ``pretrain``: the image-pretrained base model -> ``models/pretrained/``.
+
+``model.base: tiny`` trains a small KL-VAE and then a text-conditioned U-Net on random
+crops of natural photographs that ship inside scikit-image and scikit-learn, captioned
+from their names: the offline, laptop-sized stand-in for Stable Diffusion's LAION
+pre-training, so that "pretrained vs fine-tuned" means the same thing in both profiles.
+Any other ``model.base`` (a local directory or a hub id) is copied as it is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from pipeline import params as params_module
+from pipeline.files import atomic_path
+from pipeline.models import (
+    TINY, assemble, build_unet, build_vae, caption_embeddings, diffusion_loss, drop_captions,
+    images_to_unit, load_minilm, materialise_base, noise_scheduler, save_pipeline,
+)
+from pipeline.params import Params
+
+PRETRAINED_DIR = Path("models/pretrained")
+METRICS = Path("metrics/pretrain.json")
+CAPTION_DROPOUT = 0.1
+
+# Bundled photographs (file, what it shows). All ship inside the installed packages.
+SKIMAGE_PHOTOS = {
+    "astronaut.png": "an astronaut in a spacesuit", "brick.png": "a brick wall",
+    "camera.png": "a man with a camera", "chelsea.png": "a cat", "coffee.png": "a cup of coffee",
+    "coins.png": "old coins", "grass.png": "grass", "gravel.png": "gravel",
+    "hubble_deep_field.jpg": "galaxies in deep space", "ihc.png": "stained tissue under a microscope",
+    "moon.png": "the surface of the moon", "motorcycle_left.png": "a motorcycle",
+    "page.png": "a page of a book", "retina.jpg": "a human retina",
+    "rocket.jpg": "a rocket on a launch pad", "text.png": "handwritten text",
+}
+SKLEARN_PHOTOS = {"china.jpg": "a chinese temple", "flower.jpg": "a flower"}
+
+
+def natural_photographs() -> list[tuple[str, np.ndarray]]:
+    """(caption, RGB uint8 array) for each bundled photograph."""
+    import skimage.data
+    import sklearn.datasets
+
+    folders = [(Path(skimage.data.__file__).parent, SKIMAGE_PHOTOS),
+               (Path(sklearn.datasets.__file__).parent / "images", SKLEARN_PHOTOS)]
+    photos = []
+    for folder, names in folders:
+        for name, what in names.items():
+            image = Image.open(folder / name).convert("RGB")
+            photos.append((f"a photograph of {what}", np.asarray(image)))
+    return photos
+
+
+def random_crops(photos, size: int, count: int, rng: np.random.Generator):
+    """``count`` crops of ``size`` px at random scales and positions, with their captions.
+    Horizontal flips are fine here: photographs, unlike spectrograms, have no time axis."""
+    crops, captions = [], []
+    for _ in range(count):
+        caption, photo = photos[rng.integers(len(photos))]
+        height, width = photo.shape[:2]
+        scale = rng.uniform(size / min(height, width), min(1.0, 4 * size / min(height, width)))
+        scaled = Image.fromarray(photo).resize((max(size, round(width * scale)),
+                                                max(size, round(height * scale))), Image.BILINEAR)
+        top = rng.integers(scaled.height - size + 1)
+        left = rng.integers(scaled.width - size + 1)
+        crop = np.asarray(scaled)[top:top + size, left:left + size]
+        if rng.random() < 0.5:
+            crop = crop[:, ::-1]
+        crops.append(crop.transpose(2, 0, 1))
+        captions.append(caption)
+    return np.stack(crops), captions
+
+
+def train_vae(vae, photos, config: params_module.PretrainParams, rng: np.random.Generator) -> float:
+    """L1 reconstruction plus a small KL term, as SD's autoencoder (without its GAN loss)."""
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=config.learning_rate)
+    vae.train()
+    loss = torch.tensor(float("nan"))
+    for _ in tqdm(range(config.vae_steps), desc="pretrain vae", unit="step", file=sys.stderr):
+        crops, _ = random_crops(photos, config.crop_size, config.batch_size, rng)
+        images = images_to_unit(crops)
+        posterior = vae.encode(images).latent_dist
+        reconstruction = vae.decode(posterior.sample()).sample
+        loss = (reconstruction - images).abs().mean() + config.kl_weight * posterior.kl().mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return loss.item()
+
+
+@torch.no_grad()
+def encode_latents(vae, images: np.ndarray, batch_size: int = 32) -> torch.Tensor:
+    """Scaled latent means (the VAE posterior's mode), batch by batch."""
+    vae.eval()
+    chunks = [vae.encode(images_to_unit(images[i:i + batch_size])).latent_dist.mean
+              for i in range(0, len(images), batch_size)]
+    return torch.cat(chunks) * vae.config.scaling_factor
+
+
+def pretrain_tiny(params: Params, out_dir: Path) -> dict:
+    config, model = params.pretrain, params.model
+    image_size = params.render.image_size
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    photos = natural_photographs()
+    tokenizer, text_encoder = load_minilm(model.max_tokens)
+    vae = build_vae(model.vae_channels, model.vae_layers_per_block, image_size)
+    unet = build_unet(model.unet_channels, model.unet_layers_per_block, model.attention_head_dim,
+                      text_encoder.config.hidden_size, image_size // 8)
+    started = time.perf_counter()
+    vae_loss = train_vae(vae, photos, config, rng)
+
+    # Scale latents to unit variance, as SD's 0.18215 does for its VAE.
+    crops, captions = random_crops(photos, image_size, max(256, 4 * config.batch_size), rng)
+    vae.register_to_config(scaling_factor=1.0)
+    latents = encode_latents(vae, crops)
+    vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
+    latents = latents * vae.config.scaling_factor
+
+    pipe = assemble(vae, unet, tokenizer, text_encoder, noise_scheduler())
+    states = caption_embeddings(pipe, captions)
+    stacked = torch.stack([states[c] for c in captions])
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=config.learning_rate)
+    generator = torch.Generator().manual_seed(config.seed)
+    unet.train()
+    unet_loss = float("nan")
+    for _ in tqdm(range(config.unet_steps), desc="pretrain unet", unit="step", file=sys.stderr):
+        batch = torch.randint(0, len(latents), (config.batch_size,), generator=generator)
+        conditioning, _ = drop_captions(stacked[batch], states[""], CAPTION_DROPOUT, generator)
+        loss = diffusion_loss(unet, pipe.scheduler, latents[batch], conditioning, generator)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        unet_loss = loss.item()
+    unet.eval()
+    save_pipeline(pipe, out_dir)
+    return {"base": TINY, "photographs": len(photos), "vae_steps": config.vae_steps,
+            "vae_final_l1": vae_loss, "unet_steps": config.unet_steps, "unet_final_loss": unet_loss,
+            "latent_scaling_factor": vae.config.scaling_factor,
+            "wall_seconds": time.perf_counter() - started}
+
+
+def pretrain(params: Params, out_dir: Path = PRETRAINED_DIR) -> dict:
+    if params.model.base == TINY:
+        return pretrain_tiny(params, out_dir)
+    materialise_base(params.model.base, out_dir)
+    return {"base": params.model.base}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default=str(params_module.PARAMS_YAML))
+    parser.add_argument("--out", default=str(PRETRAINED_DIR))
+    args = parser.parse_args(argv)
+    summary = pretrain(params_module.load(args.params), Path(args.out))
+    with atomic_path(METRICS) as tmp:
+        tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    print(json.dumps(summary, indent=2), file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

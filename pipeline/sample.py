@@ -1,0 +1,108 @@
+"""Stage ``sample``: spectrograms and audio from each model at each resolution.
+
+For each model in {pretrained, finetuned}, each ``H x W`` in ``sample.resolutions``,
+each class and ``sample.per_class`` seeds: a PNG, a WAV for the first
+``sample.wavs_per_class`` of them (Griffin-Lim through the SpectrogramSpec), and a
+``prompts.csv`` table, in ``data/samples/<model>/<H>x<W>/``. Each kept training
+checkpoint also gets a small set at the training geometry, in
+``data/samples/checkpoints/step-NNNNNN/``, for the FID-by-checkpoint curve.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import pandas as pd
+from diffusers import UNet2DConditionModel
+from tqdm import tqdm
+
+from pipeline import params as params_module
+from pipeline.generate import generate_images, image_to_audio, load_generator, save_png, save_wav
+from pipeline.params import Params, SampleParams, parse_resolution
+from pipeline.shards import SHARDS_DIR, read_spec, read_split, shard_files
+from pipeline.train import CHECKPOINT_DIR, checkpoints
+
+MODELS = {"pretrained": Path("models/pretrained"), "finetuned": Path("models/finetuned")}
+SAMPLES_DIR = Path("data/samples")
+
+
+def slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def class_prompts(shards: Path) -> list[dict]:
+    """One prompt per class: the caption its single-clip training rows carry."""
+    rows = read_split("train", ["target", "target_name", "caption", "is_mixture"], shards)
+    prompts = {}
+    for target, name, caption, mixture in zip(rows["target"], rows["target_name"], rows["caption"],
+                                              rows["is_mixture"]):
+        if not mixture:
+            prompts.setdefault(target, {"class_id": target, "class_name": name, "prompt": caption})
+    return sorted(prompts.values(), key=lambda p: p["class_name"])
+
+
+def plan(prompts: list[dict], per_class: int, seed: int) -> list[dict]:
+    """Every sample of a set with its own seed (class and index, not batch position)."""
+    return [dict(p, index=k, seed=seed * 1_000_003 + c * 1_000 + k,
+                 file=f"{slug(p['class_name'])}-{k}.png")
+            for c, p in enumerate(prompts) for k in range(per_class)]
+
+
+def sample_set(pipe, rows: list[dict], height: int, width: int, config: SampleParams, spec,
+               out_dir: Path, wavs_per_class: int, progress) -> None:
+    shutil.rmtree(out_dir, ignore_errors=True)
+    out_dir.mkdir(parents=True)
+    for start in range(0, len(rows), config.batch_size):
+        batch = rows[start:start + config.batch_size]
+        images = generate_images(pipe, [r["prompt"] for r in batch], [r["seed"] for r in batch],
+                                 height, width, config.steps, config.guidance_scale, config.batch_size)
+        for row, grey in zip(batch, images):
+            save_png(out_dir / row["file"], grey)
+            row["wav"] = None
+            if row["index"] < wavs_per_class:
+                row["wav"] = row["file"].replace(".png", ".wav")
+                save_wav(out_dir / row["wav"], image_to_audio(grey, spec, seed=row["seed"]), spec.sample_rate)
+        progress.update(len(batch))
+    columns = ["file", "wav", "class_id", "class_name", "prompt", "seed"]
+    pd.DataFrame(rows)[columns].to_csv(out_dir / "prompts.csv", index=False)
+
+
+def sample(params: Params, shards: Path = SHARDS_DIR, out_dir: Path = SAMPLES_DIR,
+           models: dict[str, Path] = MODELS, checkpoint_dir: Path = CHECKPOINT_DIR) -> None:
+    config = params.sample
+    spec = read_spec(shard_files("train", shards)[0])
+    prompts = class_prompts(shards)
+    sizes = [parse_resolution(r) for r in config.resolutions]
+    kept = checkpoints(checkpoint_dir) if config.checkpoint_per_class else []
+    total = (len(models) * len(sizes) * config.per_class + len(kept) * config.checkpoint_per_class) * len(prompts)
+    progress = tqdm(total=total, desc="sample", unit="img", file=sys.stderr)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    for model, path in models.items():
+        pipe = load_generator(path, config.scheduler)
+        for height, width in sizes:
+            sample_set(pipe, plan(prompts, config.per_class, config.seed), height, width, config, spec,
+                       out_dir / model / f"{height}x{width}", config.wavs_per_class, progress)
+    if kept:
+        pipe = load_generator(models["finetuned"], config.scheduler)
+        for checkpoint in kept:
+            pipe.unet = UNet2DConditionModel.from_pretrained(checkpoint / "unet").eval()
+            sample_set(pipe, plan(prompts, config.checkpoint_per_class, config.seed),
+                       spec.image_size, spec.image_size, config, spec,
+                       out_dir / "checkpoints" / checkpoint.name / f"{spec.image_size}x{spec.image_size}",
+                       0, progress)
+    progress.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default=str(params_module.PARAMS_YAML))
+    args = parser.parse_args(argv)
+    sample(params_module.load(args.params))
+
+
+if __name__ == "__main__":
+    main()

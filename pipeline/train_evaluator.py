@@ -1,0 +1,67 @@
+"""Stage ``train_evaluator``: an audio classifier on the real training mels -> ``models/evaluator/``.
+
+It learns the target class of every single-clip training row (mixtures are left out:
+their target is a parent class, not a sound of its own) and reports its accuracy on
+the test split in ``metrics/evaluator.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from pipeline import params as params_module
+from pipeline.evaluator import Evaluator, train_classifier
+from pipeline.files import atomic_path
+from pipeline.shards import SHARDS_DIR, read_spec, read_split, shard_files
+
+EVALUATOR_DIR = Path("models/evaluator")
+METRICS = Path("metrics/evaluator.json")
+COLUMNS = ["log_mel", "target", "target_name", "is_mixture"]
+
+
+def single_clips(split: str, shards: Path) -> dict:
+    rows = read_split(split, COLUMNS, shards)
+    keep = ~np.asarray(rows["is_mixture"], dtype=bool)
+    return {"log_mel": rows["log_mel"][keep],
+            "target": [t for t, k in zip(rows["target"], keep) if k],
+            "target_name": [t for t, k in zip(rows["target_name"], keep) if k]}
+
+
+def train_evaluator(params: params_module.Params, shards: Path = SHARDS_DIR,
+                    out_dir: Path = EVALUATOR_DIR) -> dict:
+    config = params.evaluator
+    spec = read_spec(shard_files("train", shards)[0])
+    train = single_clips("train", shards)
+    names = dict(zip(train["target"], train["target_name"]))
+    class_ids = sorted(names)
+    index = {c: i for i, c in enumerate(class_ids)}
+    model = train_classifier(train["log_mel"], np.array([index[t] for t in train["target"]]),
+                             len(class_ids), spec, config.epochs, config.batch_size,
+                             config.learning_rate, config.seed)
+    evaluator = Evaluator(model, class_ids, [names[c] for c in class_ids], spec)
+    evaluator.save(out_dir)
+    test = single_clips("test", shards)
+    known = [i for i, t in enumerate(test["target"]) if t in index]
+    predicted = evaluator.predict(test["log_mel"][known])
+    truth = np.array([index[test["target"][i]] for i in known])
+    return {"test_accuracy": float((predicted == truth).mean()) if known else float("nan"),
+            "classes": len(class_ids), "train_rows": len(train["target"]), "test_rows": len(known)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default=str(params_module.PARAMS_YAML))
+    args = parser.parse_args(argv)
+    report = train_evaluator(params_module.load(args.params))
+    with atomic_path(METRICS) as tmp:
+        tmp.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2), file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

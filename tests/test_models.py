@@ -1,0 +1,151 @@
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline
+
+from conftest import tiny_params
+from pipeline import train as train_module
+from pipeline.models import ModelError, drop_captions, images_to_unit, load_pipeline, materialise_base
+from pipeline.shards import iter_batches
+from pipeline.train import TrainingError, micro_batch_rows, train
+
+
+def run_train(root, shards, base, **train_overrides):
+    params = tiny_params(train=train_overrides)
+    report = train(params, shards, base, root / "finetuned", root / "checkpoints", root / "live")
+    return params, report
+
+
+def unet_weights(path):
+    return load_pipeline(path).unet.state_dict()
+
+
+def test_pretrained_base_is_a_standard_pipeline(tiny_base):
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_base, local_files_only=True)
+    assert pipe.unet.config.cross_attention_dim == 384  # all-MiniLM-L6-v2 token states
+    assert 2 ** (len(pipe.vae.config.block_out_channels) - 1) == 8
+    assert pipe.vae.config.scaling_factor != 1.0
+    image = pipe("a spectrogram of the sound of Dial tone", num_inference_steps=2, height=64, width=64,
+                 output_type="np", generator=torch.Generator().manual_seed(0)).images
+    assert image.shape == (1, 64, 64, 3) and np.isfinite(image).all()
+
+
+def test_save_load_round_trip_and_generation(tmp_path, tiny_shards, tiny_base):
+    shards, _ = tiny_shards
+    _, report = run_train(tmp_path, shards, tiny_base)
+    assert report["steps"] == 6 and np.isfinite(report["final_loss"])
+    pipe = StableDiffusionPipeline.from_pretrained(tmp_path / "finetuned", local_files_only=True)
+    reloaded = load_pipeline(tmp_path / "finetuned")
+    for name, weight in pipe.unet.state_dict().items():
+        assert torch.equal(weight, reloaded.unet.state_dict()[name])
+    base_unet = load_pipeline(tiny_base).unet.state_dict()
+    assert any(not torch.equal(w, base_unet[n]) for n, w in pipe.unet.state_dict().items())
+    images = pipe(["a spectrogram of the sound of Dial tone"] * 2, num_inference_steps=2,
+                  height=64, width=64, output_type="np").images
+    assert images.shape == (2, 64, 64, 3)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
+        "step-000002", "step-000004", "step-000006"]
+    assert (tmp_path / "checkpoints" / "step-000004" / "unet" / "config.json").exists()
+    assert (tmp_path / "live" / "plots" / "metrics" / "loss.tsv").read_text().count("\n") == 7
+
+
+def test_caption_dropout_rate():
+    states = torch.randn(20_000, 3, 4)
+    unconditional = torch.zeros(3, 4)
+    mixed, dropped = drop_captions(states, unconditional, 0.1, torch.Generator().manual_seed(0))
+    assert 0.09 < dropped.float().mean() < 0.11
+    assert torch.equal(mixed[dropped], torch.zeros(int(dropped.sum()), 3, 4))
+    assert torch.equal(mixed[~dropped], states[~dropped])
+
+
+def test_data_order_is_a_seeded_permutation_per_epoch():
+    rows = [micro_batch_rows(i, 10, 4, seed=3) for i in range(5)]  # 20 draws = 2 epochs
+    flat = np.concatenate(rows)
+    assert sorted(flat[:10]) == list(range(10)) and sorted(flat[10:]) == list(range(10))
+    assert np.array_equal(micro_batch_rows(3, 10, 4, seed=3), rows[3])
+    assert not np.array_equal(micro_batch_rows(0, 10, 4, seed=4), rows[0])
+
+
+def test_resume_after_a_kill_reaches_the_same_weights(tmp_path, tiny_shards, tiny_base, monkeypatch):
+    shards, _ = tiny_shards
+    run_train(tmp_path / "straight", shards, tiny_base)
+
+    calls = {"n": 0}
+    real_loss = train_module.diffusion_loss
+
+    def dies_at_step_five(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt("killed")
+        return real_loss(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "diffusion_loss", dies_at_step_five)
+    with pytest.raises(KeyboardInterrupt):
+        run_train(tmp_path / "killed", shards, tiny_base)
+    assert not (tmp_path / "killed" / "finetuned").exists()
+    monkeypatch.setattr(train_module, "diffusion_loss", real_loss)
+    _, report = run_train(tmp_path / "killed", shards, tiny_base)
+    assert report["resumed_from_step"] == 4
+    straight = unet_weights(tmp_path / "straight" / "finetuned")
+    resumed = unet_weights(tmp_path / "killed" / "finetuned")
+    for name, weight in straight.items():
+        assert torch.equal(weight, resumed[name]), name
+
+
+def test_nan_loss_stops_with_the_last_good_checkpoint(tmp_path, tiny_shards, tiny_base, monkeypatch):
+    shards, _ = tiny_shards
+    real_loss = train_module.diffusion_loss
+    calls = {"n": 0}
+
+    def nan_at_step_three(*args, **kwargs):
+        calls["n"] += 1
+        loss = real_loss(*args, **kwargs)
+        return loss * float("nan") if calls["n"] == 3 else loss
+
+    monkeypatch.setattr(train_module, "diffusion_loss", nan_at_step_three)
+    with pytest.raises(TrainingError, match="loss became nan at step 3.*step-000002"):
+        run_train(tmp_path, shards, tiny_base)
+    assert (tmp_path / "checkpoints" / "step-000002" / "training_state.pt").exists()
+
+
+def test_training_images_are_the_shard_images_unflipped(tiny_shards, tiny_base):
+    shards, params = tiny_shards
+    vae = load_pipeline(tiny_base).vae
+    seen = []
+    encode = vae.encode
+    vae.encode = lambda images: (seen.append(images.clone()), encode(images))[1]
+    train_module.cache_posteriors(vae, shards, 5, "cpu")
+    fed = torch.cat(seen)
+    stored = np.concatenate([b["image"] for b in iter_batches("train", ["image"], root=shards)])
+    assert torch.equal(fed, images_to_unit(stored))
+    assert not torch.equal(fed, images_to_unit(stored[:, :, ::-1].copy()))  # a flip would show
+
+
+def test_empty_training_split_is_a_clear_error(tmp_path, tiny_shards, tiny_base):
+    shards, _ = tiny_shards
+    empty = tmp_path / "shards"
+    shutil.copytree(shards, empty)
+    for part in (empty / "train").iterdir():
+        part.unlink()
+    with pytest.raises(Exception, match="no shards for split 'train'"):
+        run_train(tmp_path, empty, tiny_base)
+
+
+def test_hub_id_offline_fails_at_once_with_instructions(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    with pytest.raises(ModelError, match=r"not in the local Hugging Face cache.*huggingface-cli download"):
+        materialise_base("CompVis/stable-diffusion-v1-4", tmp_path / "out")
+    with pytest.raises(ModelError, match="not a directory"):
+        materialise_base(str(tmp_path / "missing-dir"), tmp_path / "out")
+
+
+def test_local_checkpoint_base_is_materialised(tmp_path, tiny_base):
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_base, local_files_only=True)
+    pipe.save_pretrained(tmp_path / "my-base")
+    materialise_base(str(tmp_path / "my-base"), tmp_path / "pretrained")
+    copied = load_pipeline(tmp_path / "pretrained")
+    for name, weight in pipe.unet.state_dict().items():
+        assert torch.equal(weight, copied.unet.state_dict()[name])
