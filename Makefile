@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup run test bench
+.PHONY: setup run test smoke bench
 
 setup: $(STAMP)
 
@@ -21,6 +21,12 @@ run: $(STAMP)
 
 test: $(STAMP)
 	python -m pytest -q
+
+# The whole DAG on configs/tiny.yaml in a scratch clone of HEAD: a broken DAG cannot land.
+smoke: $(STAMP)
+	rm -rf .smoke && git clone -q . .smoke
+	cd .smoke && specldm profile tiny && dvc repro && dvc metrics show
+	rm -rf .smoke
 
 bench: $(STAMP)
 	for script in benchmarks/bench_*.py; do python $$script || exit 1; done

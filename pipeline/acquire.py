@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from pipeline import params as params_module
 from pipeline.files import remove_partials, write_flac
-from pipeline.manifest import now, write_manifest
+from pipeline.manifest import write_manifest
 from pipeline.ontology import Ontology
 from pipeline.params import Params
 from pipeline.synthetic import CATALOGUE, SyntheticClass, render_clip
@@ -82,7 +82,7 @@ def acquire_synthetic(params: Params, raw_dir: Path, ontology: Ontology) -> list
             start_seconds=0.0, end_seconds=spec.clip_seconds, labels=labels,
             path=f"{CLIPS_SUBDIR}/{path.name}", status="ok", error_kind=None, error=None,
             attempts=1, bytes=path.stat().st_size, duration_seconds=info.frames / info.samplerate,
-            sample_rate=info.samplerate, updated_at=now(),
+            sample_rate=info.samplerate, updated_at=None,
         ))
     _remove_strays(clips_dir, {Path(r["path"]).name for r in rows})
     return rows

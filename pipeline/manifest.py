@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
@@ -28,12 +27,10 @@ SCHEMA = pa.schema([
     pa.field("bytes", pa.int64()),
     pa.field("duration_seconds", pa.float64()),
     pa.field("sample_rate", pa.int32()),
-    pa.field("updated_at", pa.timestamp("us", tz="UTC"), nullable=False),
+    # when the clip was last fetched or tried; none for generated (synthetic) clips, so
+    # regenerating them gives a byte-identical manifest
+    pa.field("updated_at", pa.timestamp("us", tz="UTC")),
 ])
-
-
-def now() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 def write_manifest(rows: list[dict], path: Path | str) -> pa.Table:

@@ -18,9 +18,9 @@ import yaml
 
 from pipeline.spectrogram import SpecError, SpectrogramSpec
 
-ROOT = Path(__file__).resolve().parent.parent
-PARAMS_YAML = ROOT / "params.yaml"
-CONFIGS_DIR = ROOT / "configs"
+# Relative to the working directory, as DVC runs every stage from the repository root.
+PARAMS_YAML = Path("params.yaml")
+CONFIGS_DIR = Path("configs")
 SOURCE_KINDS = ("synthetic", "audioset", "local")
 
 

@@ -67,12 +67,14 @@ def random_crops(photos, size: int, count: int, rng: np.random.Generator):
     for _ in range(count):
         caption, photo = photos[rng.integers(len(photos))]
         height, width = photo.shape[:2]
-        scale = rng.uniform(size / min(height, width), min(1.0, 4 * size / min(height, width)))
-        scaled = Image.fromarray(photo).resize((max(size, round(width * scale)),
-                                                max(size, round(height * scale))), Image.BILINEAR)
-        top = rng.integers(scaled.height - size + 1)
-        left = rng.integers(scaled.width - size + 1)
-        crop = np.asarray(scaled)[top:top + size, left:left + size]
+        # A square of the photo between the whole short side and 4x the crop, shrunk to the
+        # crop: resizing only that region, not the whole photograph, keeps this cheap.
+        box = int(rng.integers(min(size, min(height, width)), min(height, width) + 1)) \
+            if min(height, width) <= 4 * size else int(rng.integers(size, 4 * size + 1))
+        top = rng.integers(height - box + 1)
+        left = rng.integers(width - box + 1)
+        region = Image.fromarray(photo[top:top + box, left:left + box])
+        crop = np.asarray(region.resize((size, size), Image.BILINEAR))
         if rng.random() < 0.5:
             crop = crop[:, ::-1]
         crops.append(crop.transpose(2, 0, 1))

@@ -1,4 +1,8 @@
 import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -6,20 +10,41 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-# A few seconds of CPU per stage: 4 classes x 6 clips, 64 px images, a tiny model.
-TINY_PARAMS = {
-    "source": {"num_classes": 4, "clips_per_class": 6, "two_label_fraction": 0.0},
-    "subset": {"mixtures": 6, "min_per_class": 2},
-    "render": {"image_size": 64, "shard_rows": 8, "row_group_rows": 4, "workers": 2},
-    "model": {"unet_channels": [16, 32], "max_tokens": 16},
-    "pretrain": {"vae_steps": 2, "unet_steps": 2, "batch_size": 4, "crop_size": 32},
-    "train": {"steps": 6, "batch_size": 4, "warmup_steps": 2, "checkpoint_every": 2,
-              "keep_checkpoints": 10, "log_every": 1},
-    "spectrogram": {"griffin_lim_iters": 4},
-    "evaluator": {"epochs": 15, "batch_size": 8},
-    "sample": {"resolutions": ["64x64", "64x400"], "per_class": 2, "steps": 2, "wavs_per_class": 1,
-               "checkpoint_per_class": 1},
-}
+TINY_PROFILE = "tiny"  # configs/tiny.yaml: the whole DAG in seconds
+ROOT = Path(__file__).resolve().parent.parent
+REPO_FILES = ["dvc.yaml", "pyproject.toml", "pipeline", "data/meta", "configs", ".dvc/config",
+              ".dvcignore", ".gitignore"]
+
+
+def run(cmd, cwd, env=None):
+    """A command as a user types it in a repository: the venv's dvc/specldm/python first."""
+    env = dict(os.environ, **(env or {}))
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    env["PYTHONPATH"] = str(cwd)  # the repository's own pipeline/, not this checkout's
+    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, f"{cmd} failed:\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+def make_tiny_repo(path: Path) -> Path:
+    """A git repository holding this project's pipeline on the tiny profile, one commit."""
+    for name in REPO_FILES:
+        source, target = ROOT / name, path / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_dir():
+            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(source, target)
+    run(["specldm", "profile", TINY_PROFILE], path)
+    commit(path, "tiny pipeline", init=True)
+    return path
+
+
+def commit(path: Path, message: str, init: bool = False) -> None:
+    if init:
+        run(["git", "init", "-q", "-b", "main"], path)
+    run(["git", "add", "-A"], path)
+    run(["git", "-c", "user.name=specldm", "-c", "user.email=t@t", "commit", "-qm", message], path)
 
 
 @pytest.fixture(scope="session")
@@ -29,11 +54,11 @@ def ontology():
 
 
 def tiny_params(**overrides):
-    from pipeline.params import parse
+    from pipeline.params import parse, profile
 
-    raw = {group: dict(values) for group, values in TINY_PARAMS.items()}
+    raw = profile(TINY_PROFILE).to_dict()
     for group, values in overrides.items():
-        raw.setdefault(group, {}).update(values)
+        raw[group].update(values)
     return parse(raw)
 
 

@@ -3,7 +3,6 @@ from collections import Counter
 import pandas as pd
 import pytest
 
-from pipeline.manifest import now
 from pipeline.params import SubsetParams
 from pipeline.subset import build_index, choose_target, mixture_caption, pluralise
 
@@ -13,7 +12,7 @@ def manifest(rows):
     return pd.DataFrame([dict(id=i, source="local", origin=None, start_seconds=0.0, end_seconds=10.0,
                               labels=labels, path=f"clips/{i}.flac", status=status, error_kind=None,
                               error=None, attempts=1, bytes=1, duration_seconds=10.0,
-                              sample_rate=16000, updated_at=now())
+                              sample_rate=16000, updated_at=None)
                          for i, labels, status in rows])
 
 

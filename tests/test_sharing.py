@@ -1,0 +1,103 @@
+"""Reproducible and shareable: remotes, branch comparison and determinism, as a team uses them.
+
+One tiny repository is reproduced once (module fixture); each test clones or extends it.
+"""
+
+import filecmp
+import json
+
+import pytest
+import yaml
+
+from conftest import commit, make_tiny_repo, run
+
+TABLE_KEYS = {f"{name}.{model}.{resolution}" for name in ("fid", "kid", "fd_evaluator", "accuracy")
+              for model in ("pretrained", "finetuned") for resolution in ("64x64", "64x400")}
+
+
+@pytest.fixture(scope="module")
+def origin(tmp_path_factory):
+    repo = make_tiny_repo(tmp_path_factory.mktemp("origin"))
+    run(["dvc", "repro"], repo)
+    commit(repo, "results")
+    return repo
+
+
+def fresh_clone(origin, path, remote_args, env=None):
+    run(["git", "clone", "-q", str(origin), str(path)], path.parent)
+    run(["dvc", "remote", "add", "--local", "-d", "team", *remote_args[:1]], path)
+    for option, value in remote_args[1:]:
+        run(["dvc", "remote", "modify", "--local", "team", option, value], path)
+    run(["dvc", "pull"], path, env)
+    return path
+
+
+def assert_nothing_to_do(clone, origin):
+    assert json.loads(run(["dvc", "status", "--json"], clone)) == {}
+    assert "Running stage" not in run(["dvc", "repro"], clone)
+    for name in ("data/raw/manifest.parquet", "data/subset/index.parquet", "models/finetuned/unet/config.json"):
+        assert filecmp.cmp(clone / name, origin / name, shallow=False), name
+
+
+def push(origin, remote_args, env=None):
+    run(["dvc", "remote", "add", "--local", "-f", "team", remote_args[0]], origin)
+    for option, value in remote_args[1:]:
+        run(["dvc", "remote", "modify", "--local", "team", option, value], origin)
+    run(["dvc", "push", "-r", "team"], origin, env)
+
+
+def test_local_directory_remote(origin, tmp_path):
+    remote = [str(tmp_path / "store")]
+    push(origin, remote)
+    clone = fresh_clone(origin, tmp_path / "clone", remote)
+    assert_nothing_to_do(clone, origin)
+
+
+def test_s3_remote_served_by_moto(origin, tmp_path):
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
+        env = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
+        boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="test", aws_secret_access_key="test",
+                     region_name="us-east-1").create_bucket(Bucket="specldm-cache")
+        remote = ["s3://specldm-cache/dvc", ("endpointurl", endpoint)]
+        push(origin, remote, env)
+        clone = fresh_clone(origin, tmp_path / "clone", remote, env)
+        assert_nothing_to_do(clone, origin)
+    finally:
+        server.stop()
+
+
+def test_data_stages_rerun_to_identical_outputs(origin):
+    lock = (origin / "dvc.lock").read_text()
+    for stage in ("acquire", "subset", "render"):
+        run(["dvc", "repro", "--force", "--single-item", stage], origin)
+    assert (origin / "dvc.lock").read_text() == lock
+
+
+def test_same_seed_same_wav(origin, tmp_path):
+    for name in ("a", "b"):
+        run(["specldm", "generate", "Dial tone", "--seconds", "4", "--steps", "2", "--seed", "7",
+             "--out", str(tmp_path / f"{name}.wav")], origin)
+    assert (tmp_path / "a.wav").read_bytes() == (tmp_path / "b.wav").read_bytes()
+    run(["specldm", "generate", "Dial tone", "--seconds", "4", "--steps", "2", "--seed", "8",
+         "--out", str(tmp_path / "c.wav")], origin)
+    assert (tmp_path / "a.wav").read_bytes() != (tmp_path / "c.wav").read_bytes()
+
+
+def test_branch_reports_only_the_table_keys_it_moved(origin):
+    """Last: it leaves the origin on a branch."""
+    run(["git", "checkout", "-q", "-b", "more-guidance"], origin)
+    params = yaml.safe_load((origin / "params.yaml").read_text())
+    params["sample"]["guidance_scale"] = 6.0
+    (origin / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    ran = run(["dvc", "repro"], origin)
+    assert "Running stage 'sample'" in ran and "Running stage 'train'" not in ran
+    diff = json.loads(run(["dvc", "metrics", "diff", "main", "--json"], origin))
+    assert set(diff) == {"metrics/metrics.json"}
+    assert diff["metrics/metrics.json"] and set(diff["metrics/metrics.json"]) <= TABLE_KEYS
