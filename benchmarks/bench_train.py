@@ -46,7 +46,8 @@ def main() -> None:
 
     def encoded():
         with torch.no_grad():
-            step(vae.encode(images).latent_dist.sample(generator))
+            latents = vae.encode(images).latent_dist.sample(generator)
+        step(latents)
 
     timings = {}
     for name, fn in (("cached latents", cached), ("encode every step", encoded)):
