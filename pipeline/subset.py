@@ -20,8 +20,9 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from pipeline import params as params_module
 from pipeline.files import atomic_path
@@ -190,7 +191,6 @@ def build_index(manifest: pd.DataFrame, config: SubsetParams, ontology: Ontology
 
 
 def write_subset(table: pa.Table, report: dict, out_dir: Path) -> None:
-    import pyarrow.parquet as pq
     with atomic_path(out_dir / "index.parquet") as tmp:
         pq.write_table(table, tmp, compression="zstd")
     with atomic_path(out_dir / "report.json") as tmp:

@@ -24,9 +24,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import torch
 from tqdm import tqdm
 
+from pipeline import models
 from pipeline import params as params_module
 from pipeline.files import atomic_path
 from pipeline.models import (
@@ -76,7 +78,7 @@ def cache_posteriors(vae, shards: Path, batch_size: int, device) -> tuple[torch.
     """One VAE posterior (mean, std) per training image, encoded once: at 512 px the encoder
     would otherwise cost more than the U-Net step. Latents are sampled from them per step."""
     means, stds, captions = [], [], []
-    total = sum(pq_rows(f) for f in shard_files("train", shards))
+    total = sum(pq.read_metadata(f).num_rows for f in shard_files("train", shards))
     progress = tqdm(total=total, desc="cache latents", unit="img", file=sys.stderr)
     for batch in iter_batches("train", ["caption", "image"], batch_size=batch_size, root=shards):
         posterior = vae.encode(images_to_unit(batch["image"]).to(device, vae.dtype)).latent_dist
@@ -88,12 +90,6 @@ def cache_posteriors(vae, shards: Path, batch_size: int, device) -> tuple[torch.
     if not means:
         raise TrainingError(f"no training rows in {shards / 'train'}; check {shards / 'report.json'}")
     return torch.cat(means), torch.cat(stds), captions
-
-
-def pq_rows(path: Path) -> int:
-    import pyarrow.parquet as pq
-
-    return pq.read_metadata(path).num_rows
 
 
 # ------------------------------------------------------------------ VAE
@@ -154,9 +150,11 @@ class EMA:
 
 
 def fingerprint(params: Params, shards: Path, base: Path) -> str:
-    """What a checkpoint must share with this run to be resumed from."""
+    """What a checkpoint must share with this run to be resumed from: the settings, the
+    data, the base weights and the training code (changed code must retrain, not resume)."""
     train = {k: v for k, v in params.to_dict()["train"].items() if k not in RESUME_IGNORES}
     parts = [json.dumps(train, sort_keys=True)]
+    parts += [_file_digest(Path(source)) for source in (__file__, models.__file__)]
     parts += [read_fingerprint(f) or f.name for split in ("train",) for f in shard_files(split, shards)]
     for weights in sorted(base.glob("*/*.safetensors")):
         stat = weights.stat()
@@ -274,7 +272,7 @@ def train(params: Params, shards: Path = SHARDS_DIR, base: Path = PRETRAINED_DIR
     optimizer = torch.optim.AdamW(unet.parameters(), lr=config.learning_rate)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config))
     ema = EMA(unet, config.ema_decay) if config.ema else None
-    start_step, history = 0, []
+    start_step, history, earlier_seconds, loss_value = 0, [], 0.0, float("nan")
     if resumed is not None:
         path, state = resumed
         unet.load_state_dict(state["unet"])
@@ -283,6 +281,7 @@ def train(params: Params, shards: Path = SHARDS_DIR, base: Path = PRETRAINED_DIR
         if ema is not None:
             ema.shadow = state["ema"]
         start_step, history = state["step"], state["history"]
+        earlier_seconds, loss_value = state["wall_seconds"], state["loss"]
         print(f"resuming from {path} (step {start_step})", file=sys.stderr)
     unet, optimizer, scheduler = accelerator.prepare(unet, optimizer, scheduler)
     for row in history:  # the log of the steps before the checkpoint, as the new run's start
@@ -293,7 +292,6 @@ def train(params: Params, shards: Path = SHARDS_DIR, base: Path = PRETRAINED_DIR
     noise_schedule = pipe.scheduler
     per_step = config.batch_size * config.gradient_accumulation * accelerator.num_processes
     started, last_log, last_log_step = time.perf_counter(), time.perf_counter(), start_step
-    loss_value = float("nan")
     progress = tqdm(range(start_step, config.steps), initial=start_step, total=config.steps,
                     desc="train", unit="step", file=sys.stderr, disable=not accelerator.is_main_process)
     try:
@@ -342,7 +340,8 @@ def train(params: Params, shards: Path = SHARDS_DIR, base: Path = PRETRAINED_DIR
                 plain = accelerator.unwrap_model(unet)
                 sampling = _with_ema(plain, ema)
                 save_checkpoint(checkpoint_dir, done, {
-                    "step": done, "fingerprint": run_fingerprint, "history": history,
+                    "step": done, "fingerprint": run_fingerprint, "history": history, "loss": loss_value,
+                    "wall_seconds": earlier_seconds + time.perf_counter() - started,
                     "unet": plain.state_dict(), "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(), "ema": ema.shadow if ema else None,
                     "vae": vae.state_dict() if config.finetune_vae else None,
@@ -353,17 +352,16 @@ def train(params: Params, shards: Path = SHARDS_DIR, base: Path = PRETRAINED_DIR
             "train.gradient_accumulation to keep the effective batch, or set "
             "train.gradient_checkpointing: true (or train.mixed_precision: bf16 on a GPU)") from None
     progress.close()
-    wall = time.perf_counter() - started
+    wall = earlier_seconds + time.perf_counter() - started  # all runs that made these weights
     final_unet = _with_ema(accelerator.unwrap_model(unet), ema)
     pipe.unet = final_unet.to(torch.float32).eval()
     pipe.vae = vae.to(torch.float32)
     save_pipeline(pipe, out_dir)
     write_spec(out_dir, spec)
     live.end()
-    trained = config.steps - start_step
     report.update({
         "steps": config.steps, "resumed_from_step": start_step, "final_loss": loss_value,
-        "wall_seconds": wall, "samples_per_second": per_step * trained / wall if trained else 0.0,
+        "wall_seconds": wall, "samples_per_second": per_step * config.steps / wall,
         "training_rows": len(means), "ema": config.ema, "init": config.init,
         "mixed_precision": accelerator.mixed_precision,
     })

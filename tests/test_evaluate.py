@@ -7,7 +7,6 @@ import soundfile as sf
 import torch
 from PIL import Image
 
-from conftest import tiny_params
 from pipeline import cli
 from pipeline.evaluate import (
     EvaluatorExtractor, evaluate, fid_from_features, folder_features, kernel_distance,

@@ -149,3 +149,23 @@ def test_local_checkpoint_base_is_materialised(tmp_path, tiny_base):
     copied = load_pipeline(tmp_path / "pretrained")
     for name, weight in pipe.unet.state_dict().items():
         assert torch.equal(weight, copied.unet.state_dict()[name])
+
+
+def test_a_finished_run_resumes_to_the_same_report(tmp_path, tiny_shards, tiny_base):
+    shards, _ = tiny_shards
+    _, first = run_train(tmp_path, shards, tiny_base)
+    _, again = run_train(tmp_path, shards, tiny_base)  # e.g. DVC reran it for a docs change
+    assert again["resumed_from_step"] == 6
+    assert again["final_loss"] == first["final_loss"] and np.isfinite(again["final_loss"])
+    # the training's time (taken at the last checkpoint), not the instant the resume took
+    assert again["wall_seconds"] > 0.5 * first["wall_seconds"]
+    assert again["samples_per_second"] < 2 * first["samples_per_second"]
+
+
+def test_changed_training_code_retrains_instead_of_resuming(tmp_path, tiny_shards, tiny_base, monkeypatch):
+    shards, params = tiny_shards
+    before = train_module.fingerprint(params, shards, tiny_base)
+    edited = tmp_path / "train.py"
+    edited.write_text(open(train_module.__file__).read() + "\n# a changed loss, say\n")
+    monkeypatch.setattr(train_module, "__file__", str(edited))
+    assert train_module.fingerprint(params, shards, tiny_base) != before
