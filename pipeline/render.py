@@ -139,13 +139,15 @@ def render(params: params_module.Params, index_path: Path = SUBSET_DIR / "index.
     for stale in out_dir.glob("*/part-*.parquet"):
         if stale not in planned:
             stale.unlink()
-    todo = [t for t in tasks if read_fingerprint(t.path) != t.fingerprint]
-    report = {"rows": Counter(), "skipped": [], "bytes_written": 0,
-              "shards": len(tasks), "shards_reused": len(tasks) - len(todo)}
+    reused, todo = [], []
     for task in tasks:
-        if task not in todo:
-            report["rows"][task.split] += pq.read_metadata(task.path).num_rows
-            report["skipped"] += _previously_skipped(task, out_dir)
+        (reused if read_fingerprint(task.path) == task.fingerprint else todo).append(task)
+    report = {"rows": Counter(), "skipped": [], "bytes_written": 0,
+              "shards": len(tasks), "shards_reused": len(reused)}
+    earlier = _earlier_skips(out_dir) if reused else []
+    for task in reused:
+        report["rows"][task.split] += pq.read_metadata(task.path).num_rows
+        report["skipped"] += [s for s in earlier if (s["split"], s["shard"]) == (task.split, task.path.name)]
     progress = tqdm(total=sum(len(t.rows) for t in todo), desc="render", unit="row", file=sys.stderr)
     with _shard_pool(min(params.render.workers, len(todo))) as pool:
         for task, (split, written, skipped, size) in zip(todo, pool.map(render_shard, todo)):
@@ -188,13 +190,12 @@ def _shard_pool(workers: int):
                                initializer=_one_thread)
 
 
-def _previously_skipped(task: ShardTask, out_dir: Path) -> list[dict]:
-    """Skips recorded for a reused shard by the run that wrote it."""
+def _earlier_skips(out_dir: Path) -> list[dict]:
+    """Skips the previous run recorded, kept for the shards this run reuses."""
     try:
-        earlier = json.loads((out_dir / "report.json").read_text())["skipped"]
+        return json.loads((out_dir / "report.json").read_text())["skipped"]
     except (OSError, KeyError, ValueError):
         return []
-    return [s for s in earlier if s["split"] == task.split and s["shard"] == task.path.name]
 
 
 def main(argv: list[str] | None = None) -> None:
