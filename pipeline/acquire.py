@@ -1,24 +1,29 @@
 """Stage ``acquire``: labelled 10 s clips -> ``data/raw/clips/*.flac`` + ``data/raw/manifest.parquet``.
 
-``source.kind`` picks where clips come from. ``synthetic`` (the offline default)
-renders them from :mod:`pipeline.synthetic`, labelled with real ontology ids.
+``source.kind`` picks where clips come from: ``synthetic`` (the offline default) renders
+them from :mod:`pipeline.synthetic`, labelled with real ontology ids; ``audioset``
+downloads AudioSet segments (:mod:`pipeline.audioset`); ``local`` cuts your own
+recordings (:mod:`pipeline.local`). All three write the same manifest.
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 from tqdm import tqdm
 
 from pipeline import params as params_module
+from pipeline.audioset import acquire_audioset
+from pipeline.clips import ClipRules
 from pipeline.files import remove_partials, write_flac
-from pipeline.manifest import write_manifest
+from pipeline.local import acquire_local
+from pipeline.manifest import AcquireError, mark_ok, new_row, write_manifest
 from pipeline.ontology import Ontology
 from pipeline.params import Params
 from pipeline.synthetic import CATALOGUE, SyntheticClass, render_clip
@@ -26,10 +31,6 @@ from pipeline.synthetic import CATALOGUE, SyntheticClass, render_clip
 RAW_DIR = Path("data/raw")
 CLIPS_SUBDIR = "clips"
 MANIFEST_NAME = "manifest.parquet"
-
-
-class AcquireError(RuntimeError):
-    """The source cannot deliver what params.yaml asks for."""
 
 
 @dataclass(frozen=True)
@@ -64,8 +65,6 @@ def plan_synthetic(source: params_module.SourceParams, ontology: Ontology) -> li
 def acquire_synthetic(params: Params, raw_dir: Path, ontology: Ontology) -> list[dict]:
     spec = params.spec
     clips_dir = raw_dir / CLIPS_SUBDIR
-    clips_dir.mkdir(parents=True, exist_ok=True)
-    remove_partials(clips_dir)
     rows = []
     for clip in tqdm(plan_synthetic(params.source, ontology), desc="acquire synthetic",
                      unit="clip", file=sys.stderr):
@@ -73,18 +72,13 @@ def acquire_synthetic(params: Params, raw_dir: Path, ontology: Ontology) -> list
                             spec.clip_seconds, overlay=clip.overlay)
         path = clips_dir / f"{clip.id}.flac"
         write_flac(path, audio, spec.sample_rate)
-        info = sf.info(path)
         labels = [ontology.resolve(clip.cls.name)]
         if clip.overlay is not None:
             labels.append(ontology.resolve(clip.overlay.name))
-        rows.append(dict(
-            id=clip.id, source="synthetic", origin=clip.cls.recipe.__name__,
-            start_seconds=0.0, end_seconds=spec.clip_seconds, labels=labels,
-            path=f"{CLIPS_SUBDIR}/{path.name}", status="ok", error_kind=None, error=None,
-            attempts=1, bytes=path.stat().st_size, duration_seconds=info.frames / info.samplerate,
-            sample_rate=info.samplerate, updated_at=None,
-        ))
-    _remove_strays(clips_dir, {Path(r["path"]).name for r in rows})
+        row = new_row(clip.id, "synthetic", clip.cls.recipe.__name__, labels, 0.0,
+                      spec.clip_seconds, f"{CLIPS_SUBDIR}/{path.name}")
+        row["attempts"] = 1
+        rows.append(mark_ok(row, path))
     return rows
 
 
@@ -95,24 +89,57 @@ def _remove_strays(clips_dir: Path, keep: set[str]) -> None:
             path.unlink()
 
 
-def acquire(params: Params, raw_dir: Path = RAW_DIR, ontology: Ontology | None = None) -> list[dict]:
+def clip_rules(params: Params) -> ClipRules:
+    return ClipRules(params.spec.sample_rate, params.spec.clip_seconds, params.source.short_clips,
+                     params.source.long_clips, params.source.min_rms_db)
+
+
+def acquire(params: Params, raw_dir: Path = RAW_DIR, ontology: Ontology | None = None,
+            retry_failed: bool = False) -> tuple[list[dict], list[str]]:
+    """Write the clips and the manifest; returns the rows and notes for :func:`summary`."""
     ontology = ontology or Ontology.load()
-    if params.source.kind != "synthetic":
-        raise AcquireError(f"source.kind={params.source.kind!r} is not available yet in this "
-                           "version; use source.kind: synthetic")
-    rows = acquire_synthetic(params, raw_dir, ontology)
-    write_manifest(rows, raw_dir / MANIFEST_NAME)
-    return rows
+    source, manifest = params.source, raw_dir / MANIFEST_NAME
+    clips_dir = raw_dir / CLIPS_SUBDIR
+    clips_dir.mkdir(parents=True, exist_ok=True)
+    remove_partials(clips_dir)
+    notes: list[str] = []
+    if source.kind == "audioset":
+        # Sections outside this selection stay on disk: each cost a download, and widening
+        # the selection again picks them up.
+        rows, notes = acquire_audioset(source, params.download, clip_rules(params), raw_dir,
+                                       manifest, ontology, retry_failed)
+    else:
+        if source.kind == "synthetic":
+            rows = acquire_synthetic(params, raw_dir, ontology)
+        else:
+            rows = acquire_local(Path(source.dir), Path(source.labels_csv), clip_rules(params),
+                                 clips_dir, ontology)
+        _remove_strays(clips_dir, {Path(r["path"]).name for r in rows if r["path"]})
+    write_manifest(rows, manifest)
+    return rows, notes
 
 
-def summary(rows: list[dict], ontology: Ontology) -> str:
+MAX_CLASSES_LISTED = 30
+
+
+def summary(rows: list[dict], ontology: Ontology, notes: list[str] = ()) -> str:
     status = Counter(r["status"] for r in rows)
-    per_class = Counter(ontology.name(r["labels"][0]) for r in rows if r["status"] == "ok")
-    hours = sum(r["duration_seconds"] or 0 for r in rows if r["status"] == "ok") / 3600
+    failures = Counter(r["error_kind"] for r in rows if r["status"] == "failed")
+    ok = [r for r in rows if r["status"] == "ok"]
+    per_class = Counter(ontology.name(r["labels"][0]) for r in ok)
+    hours = sum(r["duration_seconds"] for r in ok) / 3600
     lines = [f"{len(rows)} clips: " + ", ".join(f"{status[s]} {s}" for s in sorted(status)),
              f"{hours:.2f} h of audio, {len(per_class)} classes, "
-             f"{sum(len(r['labels']) > 1 for r in rows)} clips with two labels"]
-    lines += [f"  {count:5d}  {name}" for name, count in sorted(per_class.items())]
+             f"{sum(len(r['labels']) > 1 for r in ok)} clips with two or more labels"]
+    lines += notes
+    if failures:
+        lines.append("failed, by error kind:")
+        lines += [f"  {count:6d}  {kind}" for kind, count in failures.most_common()]
+    if status["pending"]:
+        lines.append(f"{status['pending']} still pending: run the stage again to continue")
+    if len(per_class) <= MAX_CLASSES_LISTED:
+        lines.append("ok clips by first label:")
+        lines += [f"  {count:6d}  {name}" for name, count in sorted(per_class.items())]
     return "\n".join(lines)
 
 
@@ -120,10 +147,21 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", default=str(params_module.PARAMS_YAML))
     parser.add_argument("--out", default=str(RAW_DIR), help="folder for clips/ and manifest.parquet")
+    parser.add_argument("--retry-failed", action="store_true",
+                        help="audioset: try permanent failures (removed, private...) again too")
     args = parser.parse_args(argv)
     ontology = Ontology.load()
-    rows = acquire(params_module.load(args.params), Path(args.out), ontology)
-    print(summary(rows, ontology))
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop as cleanly as on Ctrl-C
+    try:
+        rows, notes = acquire(params_module.load(args.params), Path(args.out), ontology,
+                              args.retry_failed)
+    except AcquireError as error:
+        sys.exit(f"acquire: {error}")
+    except KeyboardInterrupt:
+        print("acquire: interrupted; the manifest records every finished clip, and the next "
+              "run continues from there", file=sys.stderr)
+        sys.exit(130)
+    print(summary(rows, ontology, notes))
 
 
 if __name__ == "__main__":

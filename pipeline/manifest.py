@@ -7,10 +7,15 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+import soundfile as sf
 
 from pipeline.files import atomic_path
 
 STATUSES = ("ok", "failed", "pending")
+
+
+class AcquireError(RuntimeError):
+    """The source cannot deliver what params.yaml asks for."""
 
 SCHEMA = pa.schema([
     pa.field("id", pa.string(), nullable=False),
@@ -27,10 +32,35 @@ SCHEMA = pa.schema([
     pa.field("bytes", pa.int64()),
     pa.field("duration_seconds", pa.float64()),
     pa.field("sample_rate", pa.int32()),
-    # when the clip was last fetched or tried; none for generated (synthetic) clips, so
-    # regenerating them gives a byte-identical manifest
+    # when the clip was last downloaded or tried; none for clips made from local input
+    # (synthetic, local), so making them again gives a byte-identical manifest
     pa.field("updated_at", pa.timestamp("us", tz="UTC")),
 ])
+
+
+def new_row(id: str, source: str, origin: str | None, labels: list[str],
+            start_seconds: float | None = None, end_seconds: float | None = None,
+            path: str | None = None) -> dict:
+    """A ``pending`` row: what the clip is, with nothing yet known of how getting it went."""
+    return dict(id=id, source=source, origin=origin, start_seconds=start_seconds,
+                end_seconds=end_seconds, labels=list(labels), path=path, status="pending",
+                error_kind=None, error=None, attempts=0, bytes=None, duration_seconds=None,
+                sample_rate=None, updated_at=None)
+
+
+def mark_ok(row: dict, clip: Path, updated_at=None) -> dict:
+    """Record the finished clip file ``clip`` (the file that ``row["path"]`` names)."""
+    info = sf.info(clip)
+    row.update(status="ok", error_kind=None, error=None, bytes=clip.stat().st_size,
+               duration_seconds=info.frames / info.samplerate, sample_rate=info.samplerate,
+               updated_at=updated_at)
+    return row
+
+
+def mark_failed(row: dict, kind: str, message: str, updated_at=None) -> dict:
+    row.update(status="failed", error_kind=kind, error=message, bytes=None,
+               duration_seconds=None, sample_rate=None, updated_at=updated_at)
+    return row
 
 
 def write_manifest(rows: list[dict], path: Path | str) -> pa.Table:
@@ -48,9 +78,18 @@ def write_manifest(rows: list[dict], path: Path | str) -> pa.Table:
     return table
 
 
-def read_manifest(path: Path | str) -> pd.DataFrame:
+def _read_table(path: Path | str) -> pa.Table:
     table = pq.read_table(path)
     if not table.schema.equals(SCHEMA, check_metadata=False):
         raise ValueError(f"{path}: manifest schema differs from pipeline.manifest.SCHEMA; "
                          "re-run `dvc repro acquire`")
-    return table.to_pandas()
+    return table
+
+
+def read_manifest(path: Path | str) -> pd.DataFrame:
+    return _read_table(path).to_pandas()
+
+
+def read_manifest_rows(path: Path | str) -> list[dict]:
+    """The rows as plain dicts (None for nulls), as :func:`write_manifest` takes them."""
+    return _read_table(path).to_pylist()

@@ -117,6 +117,17 @@ class Ontology:
                 queue.extend(self._parents[current])
         return list(seen)
 
+    def descendants(self, class_id: str) -> set[str]:
+        """The class and every class below it."""
+        found = {self[class_id].id}
+        queue = deque(self.children(class_id))
+        while queue:
+            current = queue.popleft()
+            if current not in found:
+                found.add(current)
+                queue.extend(self.children(current))
+        return found
+
     def depth(self, class_id: str) -> int:
         """Edges on the shortest path up to a top-level class (top-level classes are 0)."""
         return self._depths[self[class_id].id]

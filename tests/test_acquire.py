@@ -13,7 +13,7 @@ def tiny(**source):
 
 
 def test_synthetic_acquire_writes_clips_and_manifest(tmp_path, ontology):
-    rows = acquire(tiny(two_label_fraction=0.5), tmp_path, ontology)
+    rows, _ = acquire(tiny(two_label_fraction=0.5), tmp_path, ontology)
     manifest = read_manifest(tmp_path / "manifest.parquet")
     assert pq.read_schema(tmp_path / "manifest.parquet").equals(SCHEMA, check_metadata=False)
     assert len(manifest) == len(rows) == 6

@@ -39,6 +39,7 @@ def test_dvc_repro_runs_the_dag_and_invalidates_precisely(repo):
     assert any("metrics/metrics.json" in str(v) for v in shown.values())
     expectations = [
         ("source", "clips_per_class", 5, {"acquire"}),
+        ("download", "workers", 7, set()),  # how clips are fetched, not what they are
         ("spectrogram", "sample_rate", 22_050, {"acquire", "render"}),
         ("spectrogram", "n_mels", 64, {"render"}),
         ("subset", "caption_template", "a sound of {name}", {"subset"}),

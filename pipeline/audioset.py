@@ -1,0 +1,253 @@
+"""``source.kind: audioset``: AudioSet segments, each downloaded as a 10 s section with yt-dlp.
+
+The manifest is the run's memory. Every selected segment has a row from the start
+(``pending``); the row becomes ``ok`` when its clip is on disk, or ``failed`` with an error
+kind. The manifest is rewritten every few seconds and on Ctrl-C, and clips are written
+atomically, so a run killed at any point (even with SIGKILL) loses nothing: the next run
+adopts every clip already on disk, skips permanent failures and retries the rest.
+"""
+
+from __future__ import annotations
+
+import heapq
+import shutil
+import sys
+import time
+from collections import Counter, deque
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+from tqdm import tqdm
+
+from pipeline.clips import ClipRules
+from pipeline.download import DownloadSettings, Section, is_retryable
+from pipeline.manifest import (AcquireError, mark_failed, mark_ok, new_row, read_manifest_rows,
+                               write_manifest)
+from pipeline.ontology import Ontology, OntologyError, Segment, YTID_PATTERN, read_segments
+from pipeline.params import DownloadParams, SourceParams
+from pipeline.workers import WorkerPool, WorkerStartError
+
+SOURCE = "audioset"
+WORK_SUBDIR = ".downloads"  # beside clips/; yt-dlp's files and the workers' logs
+MANIFEST_EVERY_SECONDS = 5.0
+
+
+def segment_id(ytid: str, start_seconds: float) -> str:
+    return f"{ytid}_{round(start_seconds * 1000)}"
+
+
+def clip_name(ytid: str, start_seconds: float) -> str:
+    # AudioSet's usual "Y" prefix: a YouTube id may begin with "-", which reads as an option
+    return f"Y{segment_id(ytid, start_seconds)}.flac"
+
+
+@dataclass
+class Plan:
+    rows: list[dict]
+    duplicates: list[str] = field(default_factory=list)
+
+
+def read_all_segments(paths: tuple[str, ...]) -> tuple[list[Segment], list[str]]:
+    """Every segment of the CSVs in order; a segment listed again is skipped and named."""
+    segments, seen, duplicates = [], set(), []
+    for path in paths:
+        if not Path(path).exists():
+            raise AcquireError(f"source.segments: {path} not found; the official lists are "
+                               "data/meta/balanced_train_segments.csv and eval_segments.csv")
+        try:
+            listed = read_segments(Path(path))
+        except OntologyError as error:
+            raise AcquireError(str(error)) from None
+        for segment in listed:
+            key = segment_id(segment.ytid, segment.start_seconds)
+            if key in seen:
+                duplicates.append(key)
+            else:
+                seen.add(key)
+                segments.append(segment)
+    return segments, duplicates
+
+
+def select(segments: list[Segment], source: SourceParams, ontology: Ontology) -> list[Segment]:
+    """The class filter, then a seeded choice under the per-class cap and the limit, returned
+    in CSV order."""
+    wanted = None
+    if source.classes:
+        try:
+            wanted = set().union(*(ontology.descendants(ontology.resolve(c)) for c in source.classes))
+        except OntologyError as error:
+            raise AcquireError(f"source.classes: {error}") from None
+        segments = [s for s in segments if wanted.intersection(s.labels)]
+    if not (source.max_per_class or source.limit):
+        return segments
+    order = np.random.default_rng(source.seed).permutation(len(segments))
+    counts: Counter[str] = Counter()
+    chosen = []
+    for index in order:
+        labels = [label for label in segments[index].labels if wanted is None or label in wanted]
+        if source.max_per_class and all(counts[label] >= source.max_per_class for label in labels):
+            continue
+        counts.update(labels)
+        chosen.append(index)
+        if len(chosen) == source.limit:
+            break
+    return [segments[i] for i in sorted(chosen)]
+
+
+def plan(source: SourceParams, rules: ClipRules, ontology: Ontology) -> Plan:
+    """One row per selected segment: pending, or failed when it cannot be fetched at all."""
+    segments, duplicates = read_all_segments(source.segments)
+    rows = []
+    for segment in select(segments, source, ontology):
+        row = new_row(segment_id(segment.ytid, segment.start_seconds), SOURCE, segment.ytid,
+                      list(segment.labels), segment.start_seconds, segment.end_seconds)
+        unknown = [label for label in segment.labels if label not in ontology]
+        length = segment.end_seconds - segment.start_seconds
+        if not YTID_PATTERN.fullmatch(segment.ytid):
+            mark_failed(row, "invalid_id", f"{segment.ytid!r} is not an 11-character YouTube id")
+        elif unknown:
+            mark_failed(row, "unknown_label", f"labels not in the ontology: {', '.join(unknown)}")
+        elif length < rules.clip_seconds and rules.short_clips == "reject":
+            mark_failed(row, "too_short", f"the segment is {length:g} s (source.short_clips: reject)")
+        else:
+            row["path"] = f"clips/{clip_name(segment.ytid, segment.start_seconds)}"
+        rows.append(row)
+    return Plan(rows, duplicates)
+
+
+def _is_clip(path: Path, rules: ClipRules) -> bool:
+    try:
+        info = sf.info(path)
+    except (RuntimeError, OSError):  # missing, or not audio
+        return False
+    return (info.samplerate, info.channels, info.frames) == (rules.sample_rate, 1, rules.clip_frames)
+
+
+def resume(rows: list[dict], previous: dict[str, dict], raw_dir: Path, rules: ClipRules,
+           retry_failed: bool = False) -> list[dict]:
+    """Carry over what earlier runs did. A clip on disk is kept whatever its old row says
+    (a run killed between writing the clip and the manifest); a permanent failure stays
+    failed unless ``retry_failed``; everything else is pending, its attempts counted on."""
+    for row in rows:
+        before = previous.get(row["id"])
+        if before is None or before["labels"] != row["labels"]:
+            before = None
+        if row["status"] == "failed":
+            continue
+        clip = raw_dir / row["path"]
+        if _is_clip(clip, rules):
+            if before is not None and before["status"] == "ok" and before["path"] == row["path"]:
+                row.update(before)
+            else:
+                row["attempts"] = max(1, before["attempts"] if before else 0)
+                mark_ok(row, clip, datetime.fromtimestamp(clip.stat().st_mtime, timezone.utc))
+        elif before is not None:
+            row["attempts"] = before["attempts"]
+            if before["status"] == "failed":
+                row.update(error_kind=before["error_kind"], error=before["error"],
+                           updated_at=before["updated_at"])
+                if not (retry_failed or is_retryable(before["error_kind"])):
+                    row["status"] = "failed"
+    return rows
+
+
+def read_previous(manifest: Path) -> dict[str, dict]:
+    if not manifest.exists():
+        return {}
+    try:
+        rows = read_manifest_rows(manifest)
+    except (ValueError, OSError) as error:
+        print(f"acquire: starting afresh; the earlier manifest is unreadable ({error})",
+              file=sys.stderr)
+        return {}
+    return {r["id"]: r for r in rows if r["source"] == SOURCE}
+
+
+def download(rows: list[dict], raw_dir: Path, manifest: Path, settings: DownloadSettings,
+             options: DownloadParams) -> Counter:
+    """Fetch every pending row, rewriting the manifest as it goes. Returns outcome counts."""
+    todo = deque(r for r in rows if r["status"] == "pending")
+    outcomes: Counter[str] = Counter()
+    if not todo:
+        return outcomes
+    by_id = {r["id"]: r for r in todo}
+    tries: Counter[str] = Counter()
+    waiting: list[tuple[float, str]] = []  # (monotonic time to retry at, id)
+    next_start = last_write = time.monotonic()
+    bar = tqdm(total=len(todo), desc="acquire audioset", unit="clip", file=sys.stderr)
+    try:
+        with WorkerPool("pipeline.download", settings.to_json(), min(options.workers, len(todo)),
+                        options.timeout_seconds, Path(settings.work_dir)) as pool:
+            while todo or waiting or pool.busy:
+                now = time.monotonic()
+                while waiting and waiting[0][0] <= now:
+                    todo.append(by_id[heapq.heappop(waiting)[1]])
+                while todo and pool.idle and now >= next_start:
+                    row = todo.popleft()
+                    pool.submit(asdict(Section(row["id"], row["origin"], row["start_seconds"],
+                                               row["end_seconds"], Path(row["path"]).name)))
+                    next_start = now + options.sleep_seconds
+                for task, reply, lost in pool.wait(timeout=0.2):
+                    row = by_id[task["id"]]
+                    row["attempts"] += 1
+                    tries[row["id"]] += 1
+                    kind = lost or reply["error_kind"]
+                    message = pool.crash_detail(lost) if lost else reply["error"]
+                    stamp = datetime.now(timezone.utc)
+                    if kind is None:
+                        mark_ok(row, raw_dir / row["path"], stamp)
+                    elif is_retryable(kind) and tries[row["id"]] <= options.retries:
+                        row.update(error_kind=kind, error=message, updated_at=stamp)
+                        delay = options.backoff_seconds * 2 ** (tries[row["id"]] - 1)
+                        heapq.heappush(waiting, (time.monotonic() + delay, row["id"]))
+                        continue
+                    else:
+                        mark_failed(row, kind, message, stamp)
+                    outcomes[kind or "ok"] += 1
+                    bar.update()
+                    bar.set_postfix(ok=outcomes["ok"], failed=bar.n - outcomes["ok"], refresh=False)
+                if time.monotonic() - last_write > MANIFEST_EVERY_SECONDS:
+                    write_manifest(rows, manifest)
+                    last_write = time.monotonic()
+    except WorkerStartError as error:
+        raise AcquireError(str(error)) from None
+    finally:
+        bar.close()
+        write_manifest(rows, manifest)
+    return outcomes
+
+
+def settings_for(source: SourceParams, options: DownloadParams, rules: ClipRules,
+                 raw_dir: Path) -> DownloadSettings:
+    if shutil.which("ffmpeg") is None:
+        raise AcquireError("ffmpeg not found: yt-dlp needs it to cut sections "
+                           "(Debian/Ubuntu: apt install ffmpeg)")
+    if options.cookies and not Path(options.cookies).is_file():
+        raise AcquireError(f"download.cookies: {options.cookies} is not a file")
+    return DownloadSettings(
+        url_template=source.url_template, clips_dir=str(raw_dir / "clips"),
+        work_dir=str(raw_dir / WORK_SUBDIR), rules=rules,
+        socket_timeout=min(30.0, options.timeout_seconds), cookies=options.cookies,
+        proxy=options.proxy)
+
+
+def acquire_audioset(source: SourceParams, options: DownloadParams, rules: ClipRules,
+                     raw_dir: Path, manifest: Path, ontology: Ontology,
+                     retry_failed: bool = False) -> tuple[list[dict], list[str]]:
+    """Rows of the finished manifest, and lines for the summary."""
+    settings = settings_for(source, options, rules, raw_dir)
+    selection = plan(source, rules, ontology)
+    rows = resume(selection.rows, read_previous(manifest), raw_dir, rules, retry_failed)
+    before = Counter(r["status"] for r in rows)
+    shutil.rmtree(settings.work_dir, ignore_errors=True)
+    outcomes = download(rows, raw_dir, manifest, settings, options)
+    notes = [f"{outcomes['ok']} downloaded in this run, {before['ok']} already on disk, "
+             f"{sum(outcomes.values()) - outcomes['ok']} failed in this run, "
+             f"{before['failed']} failed earlier and not retried"]
+    if selection.duplicates:
+        notes.append(f"{len(selection.duplicates)} segments listed twice, skipped: "
+                     f"{', '.join(selection.duplicates[:5])}")
+    return rows, notes

@@ -1,0 +1,127 @@
+"""source.kind: local: your own recordings and a path,labels CSV."""
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import soundfile as sf
+
+from pipeline.acquire import acquire
+from pipeline.manifest import SCHEMA, AcquireError
+from pipeline.params import parse
+
+DIAL, BUSY = "/m/015jpf", "/m/01z47d"
+
+
+def tone(seconds, rate, frequency=1000.0, channels=1, level=0.3):
+    t = np.arange(int(seconds * rate)) / rate
+    audio = (level * np.sin(2 * np.pi * frequency * t)).astype(np.float32)
+    return np.repeat(audio[:, None], channels, axis=1) if channels > 1 else audio
+
+
+def local_params(folder, csv, **source):
+    return parse({"source": {"kind": "local", "dir": str(folder), "labels_csv": str(csv),
+                             **source}})
+
+
+@pytest.fixture
+def recordings(tmp_path):
+    folder = tmp_path / "audio"
+    (folder / "field").mkdir(parents=True)
+    sf.write(folder / "field" / "long stereo.wav", tone(25, 44_100, channels=2), 44_100)
+    sf.write(folder / "short.flac", tone(4, 8_000, frequency=1000), 8_000)
+    sf.write(folder / "quiet.wav", tone(10, 16_000, level=1e-5), 16_000)
+    sf.write(folder / "surround.wav", tone(10, 16_000, channels=6), 16_000)
+    (folder / "empty.wav").write_bytes(b"")
+    (folder / "corrupt.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk" * 10)
+    csv = tmp_path / "labels.csv"
+    csv.write_text(
+        "path,labels\n"
+        'field/long stereo.wav,"/m/015jpf,/m/01z47d"\n'  # AudioSet's comma-separated ids
+        "short.flac,dial tone;Busy signal\n"  # display names, any case
+        f"quiet.wav,{DIAL}\n"
+        f"surround.wav,{DIAL}\n"
+        f"empty.wav,{DIAL}\n"
+        f"corrupt.wav,{DIAL}\n"
+        f"gone.wav,{DIAL}\n")
+    return folder, csv
+
+
+def by_origin(rows):
+    found = {}
+    for row in rows:
+        found.setdefault(row["origin"], []).append(row)
+    return found
+
+
+def test_recordings_become_clips_and_bad_files_are_recorded(tmp_path, recordings, ontology):
+    rows, _ = acquire(local_params(*recordings), tmp_path / "raw", ontology)
+    files = by_origin(rows)
+    long = files["field/long stereo.wav"]
+    # 25 s split: two whole clips and the 5 s tail padded (it is at least half a clip)
+    assert [(r["start_seconds"], r["end_seconds"]) for r in long] == [(0, 10), (10, 20), (20, 25)]
+    assert {r["status"] for r in long} == {"ok"} and long[0]["labels"] == [DIAL, BUSY]
+    assert files["short.flac"][0]["labels"] == [DIAL, BUSY]
+    failures = {origin: (rs[0]["status"], rs[0]["error_kind"]) for origin, rs in files.items()
+                if rs[0]["status"] != "ok"}
+    assert failures == {"quiet.wav": ("failed", "silent"), "surround.wav": ("failed", "channels"),
+                        "empty.wav": ("failed", "empty"), "corrupt.wav": ("failed", "corrupt"),
+                        "gone.wav": ("failed", "missing")}
+    assert pq.read_schema(tmp_path / "raw" / "manifest.parquet").equals(SCHEMA, check_metadata=False)
+    for row in rows:
+        if row["status"] == "ok":
+            audio, sr = sf.read(tmp_path / "raw" / row["path"], dtype="float32")
+            assert (sr, audio.ndim, len(audio)) == (16_000, 1, 160_000)
+    short, _ = sf.read(tmp_path / "raw" / files["short.flac"][0]["path"], dtype="float32")
+    spectrum = np.abs(np.fft.rfft(short[:64_000]))  # resampled from 8 kHz, then padded
+    assert np.argmax(spectrum) * 16_000 / 64_000 == pytest.approx(1000, abs=2)
+    assert np.abs(short[64_000:]).max() == 0
+
+
+def test_short_and_long_rules(tmp_path, recordings, ontology):
+    rows, _ = acquire(local_params(*recordings, short_clips="reject", long_clips="trim"),
+                      tmp_path / "raw", ontology)
+    files = by_origin(rows)
+    assert [(r["start_seconds"], r["end_seconds"]) for r in files["field/long stereo.wav"]] == [(0, 10)]
+    assert files["short.flac"][0]["error_kind"] == "too_short"
+
+
+def test_rerun_gives_identical_files(tmp_path, recordings, ontology):
+    acquire(local_params(*recordings), tmp_path / "raw", ontology)
+    first = {p.name: p.read_bytes() for p in (tmp_path / "raw").rglob("*") if p.is_file()}
+    acquire(local_params(*recordings), tmp_path / "raw", ontology)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "raw").rglob("*") if p.is_file()} == first
+
+
+def test_every_bad_csv_line_is_listed(tmp_path, recordings, ontology):
+    folder, _ = recordings
+    outside = tmp_path / "outside.wav"
+    sf.write(outside, tone(10, 16_000), 16_000)
+    (folder / "link.wav").symlink_to(outside)
+    csv = tmp_path / "bad.csv"
+    csv.write_text("path,labels\n"
+                   "short.flac,Dial tones\n"
+                   "short.flac,\n"
+                   "../outside.wav,Dial tone\n"
+                   f"{outside},Dial tone\n"
+                   "link.wav,Dial tone\n"
+                   "quiet.wav,Dial tone,extra\n"
+                   "quiet.wav,Dial tone\n"
+                   "./quiet.wav,Dial tone\n")
+    with pytest.raises(AcquireError) as error:
+        acquire(local_params(folder, csv), tmp_path / "raw", ontology)
+    message = str(error.value)
+    for expected in ["7 bad lines", "line 2: unknown AudioSet class 'Dial tones'; did you mean 'Dial tone'",
+                     "line 3: empty labels", "line 4: '../outside.wav' is outside source.dir",
+                     f"line 5: '{outside}' is outside", "line 6: 'link.wav' is outside",
+                     "line 7: expected 2 fields",
+                     "line 9: 'quiet.wav' is listed again (first on line 8)"]:
+        assert expected in message
+    assert not (tmp_path / "raw" / "manifest.parquet").exists()
+
+
+def test_header_is_required(tmp_path, recordings, ontology):
+    folder, _ = recordings
+    csv = tmp_path / "noheader.csv"
+    csv.write_text(f"short.flac,{DIAL}\n")
+    with pytest.raises(AcquireError, match="header 'path,labels'"):
+        acquire(local_params(folder, csv), tmp_path / "raw", ontology)
