@@ -244,10 +244,12 @@ def acquire_audioset(source: SourceParams, options: DownloadParams, rules: ClipR
     before = Counter(r["status"] for r in rows)
     shutil.rmtree(settings.work_dir, ignore_errors=True)
     outcomes = download(rows, raw_dir, manifest, settings, options)
-    notes = [f"{outcomes['ok']} downloaded in this run, {before['ok']} already on disk, "
-             f"{sum(outcomes.values()) - outcomes['ok']} failed in this run, "
-             f"{before['failed']} failed earlier and not retried"]
+    notes = ["this run:",
+             f"  {outcomes['ok']:6d}  downloaded",
+             f"  {sum(outcomes.values()) - outcomes['ok']:6d}  failed",
+             f"  {before['ok']:6d}  skipped: already on disk",
+             f"  {before['failed']:6d}  skipped: failed permanently before, or cannot be fetched"]
     if selection.duplicates:
-        notes.append(f"{len(selection.duplicates)} segments listed twice, skipped: "
-                     f"{', '.join(selection.duplicates[:5])}")
+        notes.append(f"  {len(selection.duplicates):6d}  skipped: listed twice in the CSVs "
+                     f"({', '.join(selection.duplicates[:3])}...)")
     return rows, notes

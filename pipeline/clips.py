@@ -29,9 +29,9 @@ class ClipRules:
 
     sample_rate: int
     clip_seconds: float
-    short_clips: str = "pad"
-    long_clips: str = "split"
-    min_rms_db: float = -60.0
+    short_clips: str
+    long_clips: str
+    min_rms_db: float
 
     @property
     def clip_frames(self) -> int:

@@ -7,6 +7,7 @@ a second.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -67,6 +68,13 @@ _MESSAGE_KINDS = [
     (r"connection (refused|reset|aborted)|remote end closed|broken pipe|name or service not known|"
      r"temporary failure in name resolution|network is unreachable|failed to establish",
      "connection"),
+    # what ffmpeg itself says, when it does the download
+    (r"server returned 40[4]|server returned 410", "not_found"),
+    (r"server returned 429", "rate_limited"),
+    (r"server returned 5\d\d|5xx server error", "server_error"),
+    (r"server returned 4\d\d|4xx client error", "http_error"),
+    (r"invalid data found when processing input|moov atom not found|"
+     r"could not find codec parameters", "undecodable"),
     (r"ffmpeg exited with code", "ffmpeg_failed"),
 ]
 
@@ -131,7 +139,10 @@ def ytdlp_options(section: Section, settings: DownloadSettings, out_dir: Path, l
         "retries": 0, "fragment_retries": 0, "extractor_retries": 0,
         "cachedir": False,
         "logger": logger,
-        "quiet": True, "no_warnings": True, "noprogress": True,
+        "no_warnings": True, "noprogress": True,
+        # not "quiet", which silences ffmpeg: its stderr is the only place it says why it
+        # failed (see fetch_section); errors only, without the progress line
+        "external_downloader_args": {"ffmpeg": ["-loglevel", "error", "-nostats"]},
     }
     if settings.cookies:
         options["cookiefile"] = settings.cookies
@@ -152,13 +163,14 @@ class _Messages:
     info = debug
 
     def warning(self, message: str) -> None:
-        self.lines.append(message)
+        if message.strip():
+            self.lines.append(message.strip())
 
     error = warning
 
 
-def classify(error: BaseException) -> str:
-    """The error_kind of a failed yt-dlp download."""
+def classify(error: BaseException, ffmpeg_says: str = "") -> str:
+    """The error_kind of a failed yt-dlp download (and what its ffmpeg printed)."""
     status = None
     for cause in _causes(error):
         status = status or getattr(cause, "status", None)
@@ -173,7 +185,7 @@ def classify(error: BaseException) -> str:
             return "server_error"
         if 400 <= status < 500:
             return "http_error"
-    message = " ".join(str(cause) for cause in _causes(error)).lower()
+    message = " ".join([str(cause) for cause in _causes(error)] + [ffmpeg_says]).lower()
     for pattern, kind in _MESSAGE_KINDS:
         if re.search(pattern, message):
             return kind
@@ -215,10 +227,11 @@ def fetch_section(section: Section, settings: DownloadSettings) -> Outcome:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     messages = _Messages()
+    ffmpeg_log = work / "ffmpeg.log"
     try:
         url = settings.url_template.format(ytid=section.ytid)
         options = ytdlp_options(section, settings, work, messages)
-        with yt_dlp.YoutubeDL(options) as ydl:
+        with _stderr_to(ffmpeg_log), yt_dlp.YoutubeDL(options) as ydl:
             info = ydl.extract_info(url, download=True)
         downloads = (info or {}).get("requested_downloads") or []
         if not downloads or not Path(downloads[0]["filepath"]).exists():
@@ -230,12 +243,29 @@ def fetch_section(section: Section, settings: DownloadSettings) -> Outcome:
     except ClipRejected as rejected:
         return Outcome(section.id, rejected.kind, str(rejected))
     except yt_dlp.utils.DownloadError as error:
-        message = " | ".join(messages.lines) or str(error)
-        return Outcome(section.id, classify(error), _strip_prefix(message))
+        ffmpeg_says = ffmpeg_log.read_text(errors="replace").strip().splitlines()[-2:]
+        message = " | ".join(messages.lines + ffmpeg_says) or str(error)
+        return Outcome(section.id, classify(error, " ".join(ffmpeg_says)), _strip_prefix(message))
     except Exception as error:  # recorded in the manifest rather than ending the run
         return Outcome(section.id, classify(error), f"{type(error).__name__}: {error}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _stderr_to(path: Path):
+    """Point file descriptor 2, which yt-dlp's ffmpeg inherits, at ``path`` for the block,
+    then copy what was written there to the worker's own stderr (its log)."""
+    saved = os.dup(2)
+    with open(path, "wb") as capture:
+        os.dup2(capture.fileno(), 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        sys.stderr.write(path.read_text(errors="replace"))
+        sys.stderr.flush()
 
 
 def _section_clip(audio: np.ndarray, section: Section, rules: ClipRules) -> np.ndarray:

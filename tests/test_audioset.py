@@ -16,7 +16,6 @@ from conftest import ROOT, make_tiny_repo, run
 from media_server import MediaServer, make_media, write_segments
 from pipeline.acquire import acquire, clip_rules, summary
 from pipeline.audioset import clip_name, plan
-from pipeline.clips import ClipRules
 from pipeline.download import classify, is_retryable
 from pipeline.manifest import SCHEMA, AcquireError, read_manifest
 from pipeline.params import parse
@@ -25,7 +24,7 @@ from pipeline.workers import WorkerPool, WorkerStartError
 DIAL, BUSY, RING = "/m/015jpf", "/m/01z47d", "/m/01hnzm"
 WEBM, M4A = "tone_webm_1", "-tone_m4a_0"  # a YouTube id may start with "-"
 SILENT, ENDS_EARLY, MISSING, FLAKY = "silence_001", "ends_early1", "missing_404", "flaky_50301"
-RULES = ClipRules(16_000, 10.0)
+GARBAGE = "garbage_web"
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +36,7 @@ def media(tmp_path_factory):
     make_media(folder / f"{SILENT}.webm", [(0, 12)])
     make_media(folder / f"{ENDS_EARLY}.webm", [(500, 14)])
     make_media(folder / f"{FLAKY}.webm", [(700, 12)])
+    (folder / f"{GARBAGE}.webm").write_bytes(np.random.default_rng(0).bytes(100_000))
     return folder
 
 
@@ -71,7 +71,7 @@ def test_failures_are_classified_and_only_transient_ones_retried(tmp_path, media
     csv = write_segments(tmp_path / "s.csv", [
         (WEBM, 10, 20, DIAL), (MISSING, 0, 10, DIAL), (SILENT, 0, 10, BUSY),
         (ENDS_EARLY, 5, 15, BUSY), (FLAKY, 0, 10, RING), ("bad id!", 0, 10, RING),
-        ("unknownlbl1", 0, 10, "/m/not_a_class")])
+        ("unknownlbl1", 0, 10, "/m/not_a_class"), (GARBAGE, 0, 10, RING)])
     with MediaServer(media) as server:
         server.failures[FLAKY] = [503, 429]  # two transient failures, then the file
         rows, notes = acquire(audioset_params(csv, server.url_template, retries=2),
@@ -82,15 +82,16 @@ def test_failures_are_classified_and_only_transient_ones_retried(tmp_path, media
         WEBM: ("ok", None, 1), MISSING: ("failed", "not_found", 1),
         SILENT: ("failed", "silent", 1), ENDS_EARLY: ("failed", "short_section", 1),
         FLAKY: ("ok", None, 3), "bad id!": ("failed", "invalid_id", 0),
-        "unknownlbl1": ("failed", "unknown_label", 0)}
+        "unknownlbl1": ("failed", "unknown_label", 0), GARBAGE: ("failed", "undecodable", 1)}
     assert "404" in by_ytid[MISSING]["error"] and "-60" in by_ytid[SILENT]["error"]
+    assert "Invalid data found" in by_ytid[GARBAGE]["error"]  # ffmpeg's own words
     assert "bad id!" not in hits and "unknownlbl1" not in hits  # never requested
     assert by_ytid[MISSING]["updated_at"] is not None and by_ytid[WEBM]["bytes"] > 0
     manifest = tmp_path / "raw" / "manifest.parquet"
     assert pq.read_schema(manifest).equals(SCHEMA, check_metadata=False)
     assert read_manifest(manifest).status.tolist() == [r["status"] for r in rows]
     text = summary(rows, ontology, notes)
-    assert "2 downloaded in this run" in text and "not_found" in text and "short_section" in text
+    assert "\n       2  downloaded\n" in text and "not_found" in text and "short_section" in text
 
 
 def free_port():
@@ -127,7 +128,8 @@ def test_rerun_skips_finished_clips_and_permanent_failures(tmp_path, media, onto
     assert clip.stat().st_mtime_ns == stamp
     assert second[0]["updated_at"] == first[0]["updated_at"]
     assert second[2]["attempts"] == 3
-    assert "1 downloaded in this run, 1 already on disk" in notes[0]
+    lines = [note.strip() for note in notes]
+    assert "1  downloaded" in lines and "1  skipped: already on disk" in lines
 
 
 def test_a_hung_download_is_killed_at_the_timeout(tmp_path, media, ontology):
@@ -230,7 +232,7 @@ def test_selection_filter_cap_limit_and_duplicates(tmp_path, ontology):
 
 def test_the_balanced_list_plans_without_network(ontology):
     params = parse({"source": {"kind": "audioset", "limit": 100}})
-    rows = plan(params.source, RULES, ontology).rows
+    rows = plan(params.source, clip_rules(params), ontology).rows
     assert len(rows) == 100 and {r["status"] for r in rows} == {"pending"}
     assert all(r["path"].startswith("clips/Y") for r in rows)
 
@@ -303,6 +305,17 @@ def test_dvc_repro_acquire_downloads_records_and_resumes(tmp_path, media):
         server.failures.clear()
         assert "didn't change" in run(["dvc", "repro", "acquire"], repo)
         out = run(["dvc", "repro", "-f", "acquire"], repo)  # the documented way to retry
-        assert "1 downloaded in this run, 1 already on disk" in out
+        assert "\n       1  downloaded\n" in out and "\n       1  skipped: already on disk" in out
     assert server.hits[WEBM] == hits[WEBM] and server.hits[MISSING] == hits[MISSING]
     assert "up to date" in run(["dvc", "status", "acquire"], repo)
+
+
+@pytest.mark.parametrize("ffmpeg_says, kind", [
+    ("[https @ 0x1] HTTP error 404 Not Found | Server returned 404 Not Found", "not_found"),
+    ("Server returned 5XX Server Error reply", "server_error"),
+    ("Server returned 403 Forbidden (access denied)", "http_error"),
+    ("Connection reset by peer", "connection"),
+    ("", "ffmpeg_failed"),
+])
+def test_classify_reads_what_ffmpeg_said(ffmpeg_says, kind):
+    assert classify(Exception("ERROR: ffmpeg exited with code 1"), ffmpeg_says) == kind

@@ -6,6 +6,7 @@ import pytest
 import soundfile as sf
 
 from pipeline.acquire import acquire
+from pipeline.clips import ClipRules, clip_windows
 from pipeline.manifest import SCHEMA, AcquireError
 from pipeline.params import parse
 
@@ -125,3 +126,16 @@ def test_header_is_required(tmp_path, recordings, ontology):
     csv.write_text(f"short.flac,{DIAL}\n")
     with pytest.raises(AcquireError, match="header 'path,labels'"):
         acquire(local_params(folder, csv), tmp_path / "raw", ontology)
+
+
+@pytest.mark.parametrize("seconds, short, long, windows", [
+    (10, "pad", "split", [(0, 10)]),
+    (14, "pad", "split", [(0, 10)]),  # a 4 s tail is under half a clip: dropped
+    (15, "pad", "split", [(0, 10), (10, 15)]),
+    (15, "reject", "split", [(0, 10)]),  # tails are never padded when short clips are rejected
+    (35, "pad", "trim", [(0, 10)]),
+    (3, "pad", "split", [(0, 3)]),  # one short window, for fit_to_clip to pad or reject
+])
+def test_clip_windows(seconds, short, long, windows):
+    rules = ClipRules(100, 10.0, short, long, -60.0)
+    assert clip_windows(seconds * 100, rules) == [(a * 100, b * 100) for a, b in windows]
