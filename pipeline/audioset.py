@@ -33,6 +33,15 @@ from pipeline.workers import WorkerPool, WorkerStartError
 SOURCE = "audioset"
 WORK_SUBDIR = ".downloads"  # beside clips/; yt-dlp's files and the workers' logs
 MANIFEST_EVERY_SECONDS = 5.0
+# This many failed attempts in a row of these kinds mean no download can work now (offline,
+# wrong proxy, an IP YouTube has blocked): stop, rather than fail every segment in turn.
+GIVE_UP_AFTER = 20
+GIVE_UP_KINDS = {
+    "connection": "check the network, download.proxy and source.url_template",
+    "bot_check": "YouTube wants proof of a human: give download.cookies, or wait and "
+                 "raise download.sleep_seconds",
+    "rate_limited": "YouTube is rate-limiting: wait, and raise download.sleep_seconds",
+}
 
 
 def segment_id(ytid: str, start_seconds: float) -> str:
@@ -176,6 +185,7 @@ def download(rows: list[dict], raw_dir: Path, manifest: Path, settings: Download
     by_id = {r["id"]: r for r in todo}
     tries: Counter[str] = Counter()
     waiting: list[tuple[float, str]] = []  # (monotonic time to retry at, id)
+    streak = 0  # failed attempts in a row of a GIVE_UP_KINDS kind
     next_start = last_write = time.monotonic()
     bar = tqdm(total=len(todo), desc="acquire audioset", unit="clip", file=sys.stderr)
     try:
@@ -196,6 +206,11 @@ def download(rows: list[dict], raw_dir: Path, manifest: Path, settings: Download
                     tries[row["id"]] += 1
                     kind = lost or reply["error_kind"]
                     message = pool.crash_detail(lost) if lost else reply["error"]
+                    streak = streak + 1 if kind in GIVE_UP_KINDS else 0
+                    if streak >= GIVE_UP_AFTER:
+                        raise AcquireError(f"the last {streak} download attempts all failed "
+                                           f"({kind}: {message}); {GIVE_UP_KINDS[kind]}. "
+                                           "The manifest keeps what was done; run again later")
                     stamp = datetime.now(timezone.utc)
                     if kind is None:
                         mark_ok(row, raw_dir / row["path"], stamp)

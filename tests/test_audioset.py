@@ -112,6 +112,16 @@ def test_refused_connection_is_retryable_and_retried_next_run(tmp_path, media, o
     assert (rows[0]["status"], rows[0]["attempts"]) == ("ok", 3)
 
 
+def test_no_connection_at_all_stops_the_run_with_advice(tmp_path, media, ontology):
+    ytids, csv = tone_copies(media, tmp_path / "s.csv", "dead", 30)
+    dead = f"http://127.0.0.1:{free_port()}/v/{{ytid}}"
+    with pytest.raises(AcquireError, match="all failed .connection.*download.proxy"):
+        acquire(audioset_params(csv, dead, retries=0), tmp_path / "raw", ontology)
+    manifest = read_manifest(tmp_path / "raw" / "manifest.parquet")
+    assert len(manifest) == 30 and set(manifest.status) <= {"failed", "pending"}
+    assert (manifest.status == "pending").sum() >= 30 - 20 - 2  # not every segment was tried
+
+
 def test_rerun_skips_finished_clips_and_permanent_failures(tmp_path, media, ontology):
     csv = write_segments(tmp_path / "s.csv", [
         (WEBM, 10, 20, DIAL), (MISSING, 0, 10, DIAL), (FLAKY, 0, 10, RING)])
