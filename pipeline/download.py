@@ -115,13 +115,11 @@ class Section:
 
 @dataclass(frozen=True)
 class Outcome:
+    """How fetching a section went: no error_kind means its clip is written."""
+
     id: str
     error_kind: str | None = None
     error: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.error_kind is None
 
 
 def ytdlp_options(section: Section, settings: DownloadSettings, out_dir: Path, logger) -> dict:
@@ -152,7 +150,7 @@ def ytdlp_options(section: Section, settings: DownloadSettings, out_dir: Path, l
 
 
 class _Messages:
-    """yt-dlp's logger: keeps warnings and errors for the manifest instead of printing them."""
+    """yt-dlp's logger: keeps its error messages for the manifest instead of printing them."""
 
     def __init__(self):
         self.lines: list[str] = []
