@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from cleanfid.fid import frechet_distance, get_folder_features, kernel_distance
+from cleanfid import fid as cleanfid
+from cleanfid.fid import frechet_distance, get_folder_features
 from PIL import Image, ImageDraw
 
 from pipeline import params as params_module
@@ -105,6 +106,20 @@ def folder_features(folder: Path, extractor, batch_size: int) -> np.ndarray:
                                description=f"features {folder.name}: ", verbose=False)
 
 
+KID_SEED = 0
+
+
+def kernel_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """clean-fid's KID, its 100 random subsets drawn from a fixed seed: the same samples
+    give the same number (clean-fid draws from numpy's global state, so reruns differed)."""
+    state = np.random.get_state()
+    np.random.seed(KID_SEED)
+    try:
+        return float(cleanfid.kernel_distance(a, b))
+    finally:
+        np.random.set_state(state)
+
+
 def fid_from_features(a: np.ndarray, b: np.ndarray) -> float:
     return float(frechet_distance(a.mean(axis=0), np.cov(a, rowvar=False),
                                   b.mean(axis=0), np.cov(b, rowvar=False)))
@@ -144,7 +159,7 @@ def score_set(folder: Path, references: References, extractor, evaluator: Evalua
                  .rename(columns={"size": "samples", "mean": "accuracy"}))
     scores = {
         "fid": fid_from_features(generated_features, references.features),
-        "kid": float(kernel_distance(generated_features, references.features)),
+        "kid": kernel_distance(generated_features, references.features),
         "fd_evaluator": fid_from_features(evaluator.embed(generated), evaluator.embed(real)),
         "accuracy": float(correct.mean()) if len(correct) else math.nan,
     }

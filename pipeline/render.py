@@ -33,7 +33,7 @@ from pipeline.spectrogram import SpectrogramSpec, log_mel_to_grey, waveform_to_l
 from pipeline.subset import SPLITS, SUBSET_DIR
 
 RAW_DIR = Path("data/raw")
-SHARD_FORMAT = 1  # bump when the shard layout changes, so old shards are rewritten
+SHARD_FORMAT = 1  # bump when the encoding changes (the schema is fingerprinted itself)
 MIN_FRACTION = 0.9  # shorter audio than this fraction of a clip is "truncated"
 
 
@@ -54,7 +54,9 @@ class ShardTask:
 
     @property
     def fingerprint(self) -> str:
-        content = json.dumps([SHARD_FORMAT, asdict(self.spec), self.mix_domain, self.rows],
+        # the schema too: shards kept from before a layout change would otherwise be reused
+        layout = shard_schema(self.spec, "").to_string(show_schema_metadata=False)
+        content = json.dumps([SHARD_FORMAT, layout, asdict(self.spec), self.mix_domain, self.rows],
                              sort_keys=True, default=str)
         return hashlib.sha256(content.encode()).hexdigest()
 

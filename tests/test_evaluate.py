@@ -58,6 +58,13 @@ def test_fid_of_a_set_with_itself_is_zero_and_grows_for_another_class(feature_se
     assert fid_from_features(dial, noise) > 5 * fid_from_features(dial, again)
 
 
+def test_kid_is_the_same_on_the_same_features(feature_sets):
+    np.random.seed(1)
+    first = kernel_distance(feature_sets["dial"], feature_sets["noise"])
+    np.random.rand(5)  # whatever else drew from numpy's global state in between
+    assert kernel_distance(feature_sets["dial"], feature_sets["noise"]) == first
+
+
 def test_kid_is_near_zero_within_a_class_and_larger_across(feature_sets):
     within = kernel_distance(feature_sets["dial"], feature_sets["dial_again"])
     across = kernel_distance(feature_sets["dial"], feature_sets["noise"])

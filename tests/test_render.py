@@ -107,6 +107,22 @@ def test_resume_after_a_kill_redoes_only_unfinished_shards(tmp_path, ontology):
     assert render_into(tmp_path, bigger)["shards_reused"] == 0  # another spec: everything redone
 
 
+def test_shards_of_an_older_layout_are_rewritten(tmp_path, ontology, monkeypatch):
+    import pipeline.render
+    from pipeline.shards import shard_schema
+
+    params = build_subset(tmp_path, ontology)
+    render_into(tmp_path, params)
+
+    def other_layout(spec, fingerprint):  # e.g. a field's nullability changed
+        schema = shard_schema(spec, fingerprint)
+        index = schema.get_field_index("image")
+        return schema.set(index, schema.field(index).with_nullable(False))
+
+    monkeypatch.setattr(pipeline.render, "shard_schema", other_layout)
+    assert render_into(tmp_path, params)["shards_reused"] == 0
+
+
 def test_iter_batches_shuffles_deterministically(rendered):
     shards = rendered[0] / "shards"
     plain = [i for b in iter_batches("train", ["id"], batch_size=5, root=shards) for i in b["id"]]
