@@ -23,13 +23,12 @@ from pipeline.audioset import acquire_audioset
 from pipeline.clips import ClipRules
 from pipeline.files import remove_partials, write_flac
 from pipeline.local import acquire_local
-from pipeline.manifest import AcquireError, mark_ok, new_row, write_manifest
+from pipeline.manifest import CLIPS_SUBDIR, AcquireError, mark_ok, new_row, write_manifest
 from pipeline.ontology import Ontology
 from pipeline.params import Params
 from pipeline.synthetic import CATALOGUE, SyntheticClass, render_clip
 
 RAW_DIR = Path("data/raw")
-CLIPS_SUBDIR = "clips"
 MANIFEST_NAME = "manifest.parquet"
 
 
@@ -113,7 +112,7 @@ def acquire(params: Params, raw_dir: Path = RAW_DIR, ontology: Ontology | None =
             rows = acquire_synthetic(params, raw_dir, ontology)
         else:
             rows = acquire_local(Path(source.dir), Path(source.labels_csv), clip_rules(params),
-                                 clips_dir, ontology)
+                                 raw_dir, ontology)
         _remove_strays(clips_dir, {Path(r["path"]).name for r in rows if r["path"]})
     write_manifest(rows, manifest)
     return rows, notes

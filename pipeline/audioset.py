@@ -24,8 +24,8 @@ from tqdm import tqdm
 
 from pipeline.clips import ClipRules
 from pipeline.download import DownloadSettings, Section, is_retryable
-from pipeline.manifest import (AcquireError, mark_failed, mark_ok, new_row, read_manifest_rows,
-                               write_manifest)
+from pipeline.manifest import (CLIPS_SUBDIR, AcquireError, mark_failed, mark_ok, new_row,
+                               read_manifest_rows, write_manifest)
 from pipeline.ontology import Ontology, OntologyError, Segment, YTID_PATTERN, read_segments
 from pipeline.params import DownloadParams, SourceParams
 from pipeline.workers import WorkerPool, WorkerStartError
@@ -122,7 +122,7 @@ def plan(source: SourceParams, rules: ClipRules, ontology: Ontology) -> Plan:
         elif length < rules.clip_seconds and rules.short_clips == "reject":
             mark_failed(row, "too_short", f"the segment is {length:g} s (source.short_clips: reject)")
         else:
-            row["path"] = f"clips/{clip_name(segment.ytid, segment.start_seconds)}"
+            row["path"] = f"{CLIPS_SUBDIR}/{clip_name(segment.ytid, segment.start_seconds)}"
         rows.append(row)
     return Plan(rows, duplicates)
 
@@ -141,11 +141,11 @@ def resume(rows: list[dict], previous: dict[str, dict], raw_dir: Path, rules: Cl
     (a run killed between writing the clip and the manifest); a permanent failure stays
     failed unless ``retry_failed``; everything else is pending, its attempts counted on."""
     for row in rows:
-        before = previous.get(row["id"])
-        if before is None or before["labels"] != row["labels"]:
-            before = None
         if row["status"] == "failed":
             continue
+        before = previous.get(row["id"])
+        if before is not None and before["labels"] != row["labels"]:
+            before = None  # another segment under the same id: nothing of it carries over
         clip = raw_dir / row["path"]
         if _is_clip(clip, rules):
             if before is not None and before["status"] == "ok" and before["path"] == row["path"]:
@@ -243,7 +243,7 @@ def settings_for(source: SourceParams, options: DownloadParams, rules: ClipRules
     if options.cookies and not Path(options.cookies).is_file():
         raise AcquireError(f"download.cookies: {options.cookies} is not a file")
     return DownloadSettings(
-        url_template=source.url_template, clips_dir=str(raw_dir / "clips"),
+        url_template=source.url_template, clips_dir=str(raw_dir / CLIPS_SUBDIR),
         work_dir=str(raw_dir / WORK_SUBDIR), rules=rules,
         socket_timeout=min(30.0, options.timeout_seconds), cookies=options.cookies,
         proxy=options.proxy)

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from pipeline.clips import (ClipRejected, ClipRules, check_loudness, clip_windows, fit_to_clip,
                             resample, to_mono)
 from pipeline.files import write_flac
-from pipeline.manifest import AcquireError, mark_failed, mark_ok, new_row
+from pipeline.manifest import CLIPS_SUBDIR, AcquireError, mark_failed, mark_ok, new_row
 from pipeline.ontology import Ontology, OntologyError
 
 SOURCE = "local"
@@ -113,7 +113,7 @@ def read_recording(path: Path, rules: ClipRules):
     return resample(to_mono(audio), rate, rules.sample_rate)
 
 
-def clips_of(recording: Recording, folder: Path, clips_dir: Path, rules: ClipRules) -> list[dict]:
+def clips_of(recording: Recording, folder: Path, raw_dir: Path, rules: ClipRules) -> list[dict]:
     """The manifest rows of one recording, its clips written."""
     base = recording_id(recording.path)
     try:
@@ -126,7 +126,8 @@ def clips_of(recording: Recording, folder: Path, clips_dir: Path, rules: ClipRul
     for index, (start, end) in enumerate(clip_windows(len(audio), rules)):
         clip_id = f"{base}-{index:03d}"
         row = new_row(clip_id, SOURCE, recording.path, list(recording.labels),
-                      start / rules.sample_rate, end / rules.sample_rate, f"clips/{clip_id}.flac")
+                      start / rules.sample_rate, end / rules.sample_rate,
+                      f"{CLIPS_SUBDIR}/{clip_id}.flac")
         row["attempts"] = 1
         try:
             check_loudness(audio[start:end], rules)
@@ -135,16 +136,16 @@ def clips_of(recording: Recording, folder: Path, clips_dir: Path, rules: ClipRul
             row["path"] = None
             rows.append(mark_failed(row, rejected.kind, str(rejected)))
             continue
-        write_flac(clips_dir / f"{clip_id}.flac", clip, rules.sample_rate)
-        rows.append(mark_ok(row, clips_dir / f"{clip_id}.flac"))
+        write_flac(raw_dir / row["path"], clip, rules.sample_rate)
+        rows.append(mark_ok(row, raw_dir / row["path"]))
     return rows
 
 
-def acquire_local(folder: Path, labels_csv: Path, rules: ClipRules, clips_dir: Path,
+def acquire_local(folder: Path, labels_csv: Path, rules: ClipRules, raw_dir: Path,
                   ontology: Ontology) -> list[dict]:
     recordings = read_labels_csv(labels_csv, folder, ontology)
-    clips_dir.mkdir(parents=True, exist_ok=True)
+    (raw_dir / CLIPS_SUBDIR).mkdir(parents=True, exist_ok=True)
     rows = []
     for recording in tqdm(recordings, desc="acquire local", unit="file", file=sys.stderr):
-        rows += clips_of(recording, folder, clips_dir, rules)
+        rows += clips_of(recording, folder, raw_dir, rules)
     return rows

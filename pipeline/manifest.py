@@ -12,6 +12,7 @@ import soundfile as sf
 from pipeline.files import atomic_path
 
 STATUSES = ("ok", "failed", "pending")
+CLIPS_SUBDIR = "clips"  # beside the manifest; every row's path starts with it
 
 
 class AcquireError(RuntimeError):
