@@ -21,6 +21,7 @@ from tqdm import tqdm
 from pipeline import params as params_module
 from pipeline.audioset import acquire_audioset
 from pipeline.clips import ClipRules
+from pipeline.errors import stage_main
 from pipeline.files import remove_partials, write_flac
 from pipeline.local import acquire_local
 from pipeline.manifest import CLIPS_SUBDIR, AcquireError, mark_ok, new_row, write_manifest
@@ -142,6 +143,7 @@ def summary(rows: list[dict], ontology: Ontology, notes: list[str] = ()) -> str:
     return "\n".join(lines)
 
 
+@stage_main("acquire")
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", default=str(params_module.PARAMS_YAML))
@@ -154,8 +156,6 @@ def main(argv: list[str] | None = None) -> None:
     try:
         rows, notes = acquire(params_module.load(args.params), Path(args.out), ontology,
                               args.retry_failed)
-    except AcquireError as error:
-        sys.exit(f"acquire: {error}")
     except KeyboardInterrupt:
         print("acquire: interrupted; the manifest records every finished clip, and the next "
               "run continues from there", file=sys.stderr)

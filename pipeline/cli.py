@@ -7,10 +7,12 @@ torch, diffusers and the ontology are imported only by the commands that use the
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
 from pipeline import params
+from pipeline.errors import PipelineError
 
 GENERATE_EXAMPLES = """examples:
   specldm generate "Church bell" --out bell.wav
@@ -31,8 +33,9 @@ def resolve_prompt(text: str, template: str) -> str:
 
 
 def generate(args) -> None:
+    from pipeline.errors import ModelError
     from pipeline.generate import generate_images, image_to_audio, load_generator, save_png, save_wav
-    from pipeline.models import ModelError, read_model_spec
+    from pipeline.models import read_model_spec
     from pipeline.spectrogram import width_for_seconds
 
     model = Path(args.model)
@@ -42,8 +45,8 @@ def generate(args) -> None:
     settings = params.load(args.params) if Path(args.params).exists() else params.Params()
     spec = read_model_spec(model) or settings.spec
     prompt = resolve_prompt(args.text, settings.subset.caption_template)
-    height = args.height or spec.image_size
-    width = args.width or width_for_seconds(args.seconds, spec)
+    height = spec.image_size if args.height is None else args.height
+    width = width_for_seconds(args.seconds, spec) if args.width is None else args.width
     pipe = load_generator(model, args.scheduler)
     grey = generate_images(pipe, [prompt], [args.seed], height, width, args.steps, args.guidance)[0]
     audio = image_to_audio(grey, spec, n_iter=args.griffin_lim_iters, seed=args.seed)
@@ -54,6 +57,45 @@ def generate(args) -> None:
     save_png(out.with_suffix(".png"), grey)
     print(f"{out} ({len(audio) / spec.sample_rate:.2f} s) and {out.with_suffix('.png')} "
           f"({height}x{width}) from {prompt!r}")
+
+
+def _whole_number(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} is below {minimum}")
+        return value
+    return parse
+
+
+def _finite_number(minimum: float, inclusive: bool = True):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not math.isfinite(value) or value < minimum or (value == minimum and not inclusive):
+            bound = f">= {minimum:g}" if inclusive else f"> {minimum:g}"
+            raise argparse.ArgumentTypeError(f"{text} must be a finite number {bound}")
+        return value
+    return parse
+
+
+def _pixels(text: str) -> int:
+    value = _whole_number(8)(text)
+    if value % 8:
+        raise argparse.ArgumentTypeError(f"{value} is not a multiple of 8 (the VAE downsamples 8x)")
+    return value
+
+
+def _wav_path(text: str) -> str:
+    # the spectrogram PNG is written beside the WAV under the same stem
+    if Path(text).suffix.lower() != ".wav":
+        raise argparse.ArgumentTypeError(f"{text!r} must end in .wav (the PNG goes beside it)")
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,33 +111,31 @@ def main(argv: list[str] | None = None) -> int:
                                epilog=GENERATE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     make.add_argument("text", help="an AudioSet class name or id, or a full spectrogram prompt")
     make.add_argument("--model", default="models/finetuned", help="a diffusers pipeline directory")
-    make.add_argument("--out", default="clip.wav", help="the WAV to write; the PNG goes beside it")
+    make.add_argument("--out", default="clip.wav", type=_wav_path,
+                      help="the WAV to write; the PNG goes beside it")
     length = make.add_mutually_exclusive_group()
-    length.add_argument("--seconds", type=float, default=10.0, help="audio length (sets the width)")
-    length.add_argument("--width", type=int, help="image width in pixels (multiple of 8)")
-    make.add_argument("--height", type=int, help="image height (multiple of 8; default: training size)")
-    make.add_argument("--steps", type=int, default=25)
-    make.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale")
+    length.add_argument("--seconds", type=_finite_number(0.0, inclusive=False), default=10.0,
+                        help="audio length (sets the width)")
+    length.add_argument("--width", type=_pixels, help="image width in pixels (multiple of 8)")
+    make.add_argument("--height", type=_pixels, help="image height (multiple of 8; default: training size)")
+    make.add_argument("--steps", type=_whole_number(1), default=25)
+    make.add_argument("--guidance", type=_finite_number(1.0), default=3.0,
+                      help="classifier-free guidance scale (1 = none)")
     make.add_argument("--seed", type=int, default=0)
     make.add_argument("--scheduler", default="dpm++", choices=params.SCHEDULER_NAMES)
-    make.add_argument("--griffin-lim-iters", type=int, help="default: the model's SpectrogramSpec")
+    make.add_argument("--griffin-lim-iters", type=_whole_number(1),
+                      help="default: the model's SpectrogramSpec")
     make.add_argument("--params", default=str(params.PARAMS_YAML),
                       help="params.yaml for the caption template and a fallback spec")
     args = parser.parse_args(argv)
-
-    from pipeline.models import ModelError
-    from pipeline.ontology import OntologyError
-    from pipeline.spectrogram import SpecError
 
     try:
         if args.command == "profile":
             params.write_profile(args.name, args.params)
             print(f"{args.params} now holds profile '{args.name}'; `dvc status` shows what reruns")
         else:
-            if args.seconds <= 0:
-                raise SpecError(f"--seconds={args.seconds} must be positive")
             generate(args)
-    except (params.ParamsError, ModelError, OntologyError, SpecError) as error:
+    except PipelineError as error:
         print(f"specldm: {error}", file=sys.stderr)
         return 2
     return 0

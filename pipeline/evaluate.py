@@ -33,13 +33,14 @@ from cleanfid.fid import frechet_distance, get_folder_features
 from PIL import Image, ImageDraw
 
 from pipeline import params as params_module
+from pipeline.errors import ModelError, stage_main
 from pipeline.evaluator import Evaluator, to_unit
 from pipeline.files import atomic_path
-from pipeline.params import Params, parse_resolution
+from pipeline.params import Params, format_resolution, parse_resolution
+from pipeline.sample import MODELS, SAMPLES_DIR
 from pipeline.shards import SHARDS_DIR, read_spec, read_split, shard_files
 from pipeline.spectrogram import SpectrogramSpec, image_to_log_mel, log_mel_to_grey
 from pipeline.train_evaluator import EVALUATOR_DIR
-from pipeline.sample import MODELS, SAMPLES_DIR
 
 METRICS_DIR = Path("metrics")
 INCEPTION_FILE = "inception-2015-12-05.pt"
@@ -93,7 +94,7 @@ def as_clips(grey: torch.Tensor, spec: SpectrogramSpec) -> torch.Tensor:
 def feature_extractor(params: Params, evaluator: Evaluator):
     requested = Path(params.evaluate.inception_weights) if params.evaluate.inception_weights else None
     if requested is not None and not requested.is_file():
-        raise FileNotFoundError(f"evaluate.inception_weights={requested}: no such file. Get "
+        raise ModelError(f"evaluate.inception_weights={requested}: no such file. Get "
                                 f"{INCEPTION_FILE} from clean-fid's URL (cleanfid.downloads_helper."
                                 "inception_url) or leave the key empty to use the evaluator network")
     weights = requested or (CLEANFID_CACHE if CLEANFID_CACHE.is_file() else None)
@@ -226,7 +227,7 @@ def evaluate(params: Params, shards: Path = SHARDS_DIR, samples: Path = SAMPLES_
                 per_class.append(classes.assign(model=model, resolution=resolution))
                 sets.append((model, resolution))
                 grid(folder, f"{model} {resolution}", out_dir / "grids" / f"{model}_{resolution}.png")
-        training = f"{spec.image_size}x{spec.image_size}"
+        training = format_resolution(spec.image_size, spec.image_size)
         checkpoint_sets = sorted((samples / "checkpoints").glob(f"step-*/{training}"))
         references = references_at(training) if checkpoint_sets else None
         curve = [{"step": int(folder.parent.name.split("-")[1]),
@@ -251,6 +252,7 @@ def evaluate(params: Params, shards: Path = SHARDS_DIR, samples: Path = SAMPLES_
     return metrics
 
 
+@stage_main("evaluate")
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", default=str(params_module.PARAMS_YAML))

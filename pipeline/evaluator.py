@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from pipeline.errors import ModelError
 from pipeline.spectrogram import SpectrogramSpec
 
 WEIGHTS = "model.safetensors"
@@ -84,14 +85,18 @@ class Evaluator:
         (directory / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
 
     @classmethod
-    def load(cls, directory: Path | str) -> "Evaluator":
+    def load(cls, directory: Path | str) -> Evaluator:
         directory = Path(directory)
         if not (directory / CONFIG).exists():
-            raise FileNotFoundError(f"{directory}: no evaluator here; run `dvc repro train_evaluator`")
-        config = json.loads((directory / CONFIG).read_text())
-        spec = SpectrogramSpec(**config["spec"])
-        model = AudioClassifier(spec.n_mels, len(config["class_ids"]), config["embedding_dim"])
-        model.load_state_dict(load_file(directory / WEIGHTS))
+            raise ModelError(f"{directory}: no evaluator here; run `dvc repro train_evaluator`")
+        try:
+            config = json.loads((directory / CONFIG).read_text())
+            spec = SpectrogramSpec.from_dict(config["spec"], str(directory / CONFIG))
+            model = AudioClassifier(spec.n_mels, len(config["class_ids"]), int(config["embedding_dim"]))
+            model.load_state_dict(load_file(directory / WEIGHTS))
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError) as error:
+            raise ModelError(f"{directory}: not a loadable evaluator ({type(error).__name__}: {error}); "
+                             "run `dvc repro -f train_evaluator`") from None
         return cls(model, config["class_ids"], config["class_names"], spec)
 
 

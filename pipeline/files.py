@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import soundfile as sf
 
 TMP_SUFFIX = ".partial"
+# How long stages took. Apart from the tracked metrics, and git-ignored: timings differ
+# on every run, and reproducing must leave the repository as it was.
+TIMINGS_DIR = Path("metrics/timings")
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -32,6 +37,12 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
             os.unlink(tmp)
 
 
+def write_json(path: Path | str, value) -> None:
+    """Indented JSON with a final newline, written atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(value, indent=2) + "\n")
+
+
 def write_flac(path: Path | str, audio: np.ndarray, sample_rate: int) -> None:
     """16-bit mono FLAC, written atomically."""
     with atomic_path(path) as tmp:
@@ -44,3 +55,12 @@ def remove_partials(folder: Path) -> int:
     for partial in partials:
         partial.unlink()
     return len(partials)
+
+
+def sha256_file(path: Path | str) -> str:
+    """Hex SHA-256 of a file's bytes, read in blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -9,13 +9,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import soundfile as sf
 
+from pipeline.errors import PipelineError
 from pipeline.files import atomic_path
 
 STATUSES = ("ok", "failed", "pending")
 CLIPS_SUBDIR = "clips"  # beside the manifest; every row's path starts with it
 
 
-class AcquireError(RuntimeError):
+class AcquireError(PipelineError, RuntimeError):
     """The source cannot deliver what params.yaml asks for."""
 
 SCHEMA = pa.schema([

@@ -20,15 +20,12 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 
-from pipeline.files import atomic_path
+from pipeline.errors import ModelError
+from pipeline.files import write_json
 from pipeline.spectrogram import SpectrogramSpec
 
 TINY = "tiny"
 SPEC_FILE = "spectrogram_spec.json"
-
-
-class ModelError(RuntimeError):
-    """A model cannot be found, loaded or built; the message says how to provide it."""
 
 
 def quiet_loading() -> None:
@@ -115,9 +112,24 @@ def load_pipeline(path: Path | str, dtype: torch.dtype = torch.float32) -> Stabl
     if not (path / "model_index.json").exists():
         raise ModelError(f"{path}: no diffusers pipeline here (model_index.json missing); "
                          "run `dvc repro pretrain` / `dvc repro train` first")
+    try:
+        index = json.loads((path / "model_index.json").read_text())
+    except (OSError, ValueError) as error:
+        raise ModelError(f"{path / 'model_index.json'}: not readable JSON ({error})") from None
+    if not isinstance(index, dict) or not {"unet", "vae"} <= set(index):
+        raise ModelError(f"{path / 'model_index.json'}: not a Stable Diffusion pipeline index "
+                         "(it must name at least unet and vae)")
     quiet_loading()
-    pipe = StableDiffusionPipeline.from_pretrained(path, local_files_only=True, dtype=dtype,
-                                                   safety_checker=None, requires_safety_checker=False)
+    try:
+        # safetensors only: a model may come from a shared DVC remote, and a pickled
+        # .bin file can run code when it is loaded
+        pipe = StableDiffusionPipeline.from_pretrained(path, local_files_only=True, dtype=dtype,
+                                                       use_safetensors=True, safety_checker=None,
+                                                       requires_safety_checker=False)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        # diffusers reports a broken component in many exception types; all mean the same here
+        raise ModelError(f"{path}: cannot load this diffusers pipeline ({type(error).__name__}: "
+                         f"{str(error).splitlines()[0] if str(error) else ''})") from None
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -134,14 +146,13 @@ def save_pipeline(pipe: StableDiffusionPipeline, path: Path | str) -> None:
 
 def write_spec(model_dir: Path | str, spec: SpectrogramSpec) -> None:
     """Record the spectrogram geometry a model was trained on beside it, for sampling."""
-    with atomic_path(Path(model_dir) / SPEC_FILE) as tmp:
-        tmp.write_text(json.dumps(asdict(spec), indent=2) + "\n")
+    write_json(Path(model_dir) / SPEC_FILE, asdict(spec))
 
 
 def read_model_spec(model_dir: Path | str) -> SpectrogramSpec | None:
     """The SpectrogramSpec a model was trained on, or None (an image-only base)."""
     path = Path(model_dir) / SPEC_FILE
-    return SpectrogramSpec(**json.loads(path.read_text())) if path.exists() else None
+    return SpectrogramSpec.from_json(path.read_bytes(), str(path)) if path.exists() else None
 
 
 def materialise_base(base: str, out_dir: Path) -> None:

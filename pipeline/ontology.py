@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
+from pipeline.errors import PipelineError
+
 META_DIR = Path(__file__).resolve().parent.parent / "data" / "meta"
 ONTOLOGY_JSON = META_DIR / "ontology.json"
 CLASS_LABELS_CSV = META_DIR / "class_labels_indices.csv"
@@ -19,7 +21,7 @@ CAPTION_TEMPLATE = "a spectrogram of the sound of {name}"
 VERBOSE_JOINER = ", a kind of "
 
 
-class OntologyError(ValueError):
+class OntologyError(PipelineError, ValueError):
     """A class name or id is unknown, or a metadata file is malformed."""
 
 
@@ -63,7 +65,7 @@ class Ontology:
 
     @classmethod
     def load(cls, ontology_json: Path = ONTOLOGY_JSON,
-             class_labels_csv: Path = CLASS_LABELS_CSV) -> "Ontology":
+             class_labels_csv: Path = CLASS_LABELS_CSV) -> Ontology:
         raw = json.loads(Path(ontology_json).read_text())
         classes = [AudioClass(id=r["id"], name=r["name"], description=r.get("description", ""),
                               child_ids=tuple(r.get("child_ids", ())),

@@ -9,6 +9,9 @@ rewrite ``params.yaml`` from them.
 from __future__ import annotations
 
 import dataclasses
+import math
+import reprlib
+import string
 import types
 import typing
 from dataclasses import dataclass, field
@@ -16,6 +19,7 @@ from pathlib import Path
 
 import yaml
 
+from pipeline.errors import PipelineError
 from pipeline.spectrogram import SpecError, SpectrogramSpec
 
 # Relative to the working directory, as DVC runs every stage from the repository root.
@@ -24,13 +28,36 @@ CONFIGS_DIR = Path("configs")
 SOURCE_KINDS = ("synthetic", "audioset", "local")
 
 
-class ParamsError(ValueError):
+class ParamsError(PipelineError, ValueError):
     """params.yaml has an unknown key, a wrong type or an impossible value."""
 
 
 def _require(condition: bool, key: str, message: str) -> None:
     if not condition:
         raise ParamsError(f"{key}: {message}")
+
+
+_SHORT = reprlib.Repr()  # keyword arguments only from Python 3.12
+_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxdict, _SHORT.maxstring, _SHORT.maxother = 2, 4, 4, 60, 60
+
+
+def _show(value) -> str:
+    """A value as an error message quotes it: bounded, so that a huge (or YAML-alias-bombed)
+    value cannot make the message itself the problem."""
+    return _SHORT.repr(value)
+
+
+def _require_template(template: str, key: str, fields: tuple[str, ...]) -> None:
+    """A str.format template that uses every one of ``fields`` and nothing else."""
+    try:
+        used = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+    except ValueError as error:
+        raise ParamsError(f"{key}: {_show(template)} is not a valid template ({error})") from None
+    unknown = sorted(used - set(fields))
+    _require(not unknown, key, f"unknown placeholder {{{unknown[0] if unknown else ''}}}; "
+                               f"the known ones are {', '.join(f'{{{name}}}' for name in fields)}")
+    for name in fields:
+        _require(name in used, key, f"must contain the placeholder {{{name}}}")
 
 
 SHORT_CLIP_RULES = ("pad", "reject")
@@ -59,9 +86,10 @@ class SourceParams:
     # local: a folder of audio files and a `path,labels` CSV (paths relative to the folder)
     dir: str = ""
     labels_csv: str = ""
-    # recorded audio (audioset, local): audio shorter than a clip is padded with silence or
-    # rejected; a local file longer than a clip is split into whole clips or trimmed to one;
-    # a clip whose RMS is below min_rms_db (dBFS) is rejected as silent.
+    # recorded audio (audioset, local): audio shorter than a clip is padded with silence (if
+    # it is at least half a clip) or rejected; a local file longer than a clip is split into
+    # whole clips or trimmed to one; a clip whose RMS is below min_rms_db (dBFS) is rejected
+    # as silent.
     short_clips: str = "pad"
     long_clips: str = "split"
     min_rms_db: float = -60.0
@@ -74,8 +102,7 @@ class SourceParams:
                  "must be within [0, 1]")
         _require(self.max_per_class >= 0, "source.max_per_class", "must be 0 (no cap) or more")
         _require(self.limit >= 0, "source.limit", "must be 0 (no limit) or more")
-        _require("{ytid}" in self.url_template, "source.url_template",
-                 "must contain the placeholder {ytid}")
+        _require_template(self.url_template, "source.url_template", ("ytid",))
         _require(self.short_clips in SHORT_CLIP_RULES, "source.short_clips",
                  f"must be one of {SHORT_CLIP_RULES}")
         _require(self.long_clips in LONG_CLIP_RULES, "source.long_clips",
@@ -163,13 +190,13 @@ class SubsetParams:
                  "must be within [1, subset.max_per_class]")
         _require(self.mixtures >= 0, "subset.mixtures", "must not be negative")
         _require(self.mix_domain in MIX_DOMAINS, "subset.mix_domain", f"must be one of {MIX_DOMAINS}")
-        _require("{name}" in self.caption_template, "subset.caption_template",
-                 "must contain the placeholder {name}")
-        for placeholder in ("{parent}", "{a}", "{b}"):
-            _require(placeholder in self.mixture_template, "subset.mixture_template",
-                     f"must contain the placeholder {placeholder}")
+        _require_template(self.caption_template, "subset.caption_template", ("name",))
+        _require_template(self.mixture_template, "subset.mixture_template", ("parent", "a", "b"))
         for key in ("val_fraction", "test_fraction"):
             _require(0.0 <= getattr(self, key) < 0.5, f"subset.{key}", "must be within [0, 0.5)")
+
+
+MAX_IMAGE_SIZE = 2048  # 4x the paper's 512; beyond it one image outgrows any GPU
 
 
 @dataclass(frozen=True)
@@ -181,6 +208,8 @@ class RenderParams:
     workers: int = 2
 
     def __post_init__(self) -> None:
+        _require(8 <= self.image_size <= MAX_IMAGE_SIZE, "render.image_size",
+                 f"must be within [8, {MAX_IMAGE_SIZE}]")
         _require(self.shard_rows >= 1, "render.shard_rows", "must be at least 1")
         _require(1 <= self.row_group_rows <= self.shard_rows, "render.row_group_rows",
                  "must be within [1, render.shard_rows]")
@@ -236,6 +265,7 @@ class PretrainParams:
         _require(self.crop_size >= 8 and self.crop_size % 8 == 0, "pretrain.crop_size",
                  "must be a positive multiple of 8")
         _require(self.learning_rate > 0, "pretrain.learning_rate", "must be positive")
+        _require(self.kl_weight >= 0, "pretrain.kl_weight", "must not be negative")
 
 
 @dataclass(frozen=True)
@@ -300,11 +330,21 @@ SCHEDULER_NAMES = ("dpm++", "ddim", "ddpm", "euler", "euler_a", "heun", "lms", "
 
 
 def parse_resolution(text: str, key: str = "resolution") -> tuple[int, int]:
-    """"64x400" -> (64, 400), both positive multiples of 8."""
-    parts = text.lower().split("x")
-    ok = len(parts) == 2 and all(p.isdigit() and int(p) > 0 and int(p) % 8 == 0 for p in parts)
-    _require(ok, key, f"{text!r} is not '<H>x<W>' with H and W positive multiples of 8")
-    return int(parts[0]), int(parts[1])
+    """"64x400" -> (64, 400), both positive multiples of 8, written as ``format_resolution``
+    writes them: the text names the sample folder, so "064x64" would name one nobody reads."""
+    parts = text.split("x")
+    ok = len(parts) == 2 and all(p.isdigit() and 0 < int(p) <= MAX_IMAGE_SIZE and int(p) % 8 == 0
+                                 for p in parts)
+    _require(ok, key, f"{_show(text)} is not '<H>x<W>' with H and W positive multiples of 8 "
+                      f"up to {MAX_IMAGE_SIZE}")
+    height, width = int(parts[0]), int(parts[1])
+    _require(text == format_resolution(height, width), key,
+             f"write {_show(text)} as {format_resolution(height, width)!r}")
+    return height, width
+
+
+def format_resolution(height: int, width: int) -> str:
+    return f"{height}x{width}"
 
 
 @dataclass(frozen=True)
@@ -362,7 +402,7 @@ class Params:
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
 
     def __post_init__(self) -> None:
-        self.spec  # validates the combination
+        _ = self.spec  # validates the combination
 
     @property
     def spec(self) -> SpectrogramSpec:
@@ -390,7 +430,7 @@ def _check_type(value, annotation, key: str):
     if dataclasses.is_dataclass(annotation):
         return _build(annotation, value, key)
     if origin is tuple:
-        _require(isinstance(value, (list, tuple)), key, f"expected a list, got {value!r}")
+        _require(isinstance(value, (list, tuple)), key, f"expected a list, got {_show(value)}")
         (item_type, _ellipsis) = typing.get_args(annotation)
         return tuple(_check_type(v, item_type, f"{key}[{i}]") for i, v in enumerate(value))
     if origin in (typing.Union, types.UnionType):
@@ -399,25 +439,26 @@ def _check_type(value, annotation, key: str):
                 return _check_type(value, option, key)
             except ParamsError:
                 continue
-        raise ParamsError(f"{key}: {value!r} is not {annotation}")
+        raise ParamsError(f"{key}: {_show(value)} is not {annotation}")
     if annotation is type(None):
-        _require(value is None, key, f"expected null, got {value!r}")
+        _require(value is None, key, f"expected null, got {_show(value)}")
         return value
     if annotation is float:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        _require(ok, key, f"expected a number, got {value!r}")
+        _require(ok, key, f"expected a number, got {_show(value)}")
+        _require(math.isfinite(value), key, f"must be a finite number, got {value}")
         return float(value)
     if annotation is int:
         ok = isinstance(value, int) and not isinstance(value, bool)
-        _require(ok, key, f"expected an integer, got {value!r}")
+        _require(ok, key, f"expected an integer, got {_show(value)}")
         return value
     _require(isinstance(value, annotation), key,
-             f"expected {annotation.__name__}, got {type(value).__name__} {value!r}")
+             f"expected {annotation.__name__}, got {type(value).__name__} {_show(value)}")
     return value
 
 
 def _build(cls, raw, prefix: str):
-    _require(isinstance(raw, dict), prefix or "params", f"expected a mapping, got {raw!r}")
+    _require(isinstance(raw, dict), prefix or "params", f"expected a mapping, got {_show(raw)}")
     hints = typing.get_type_hints(cls)
     unknown = sorted(set(raw) - set(hints))
     if unknown:
@@ -445,6 +486,9 @@ def load(path: Path | str = PARAMS_YAML) -> Params:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
         raise ParamsError(f"{path}: not valid YAML: {error}") from None
+    if raw is None:
+        # every stage would silently run on the defaults, whatever the user meant to write
+        raise ParamsError(f"{path}: is empty; write a profile into it with `specldm profile default`")
     return parse(raw)
 
 

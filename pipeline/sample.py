@@ -21,8 +21,9 @@ from diffusers import UNet2DConditionModel
 from tqdm import tqdm
 
 from pipeline import params as params_module
+from pipeline.errors import stage_main
 from pipeline.generate import generate_images, image_to_audio, load_generator, save_png, save_wav
-from pipeline.params import Params, SampleParams, parse_resolution
+from pipeline.params import Params, SampleParams, format_resolution, parse_resolution
 from pipeline.shards import SHARDS_DIR, read_spec, read_split, shard_files
 from pipeline.train import CHECKPOINT_DIR, checkpoints
 
@@ -85,18 +86,19 @@ def sample(params: Params, shards: Path = SHARDS_DIR, out_dir: Path = SAMPLES_DI
         pipe = load_generator(path, config.scheduler)
         for height, width in sizes:
             sample_set(pipe, plan(prompts, config.per_class, config.seed), height, width, config, spec,
-                       out_dir / model / f"{height}x{width}", config.wavs_per_class, progress)
+                       out_dir / model / format_resolution(height, width), config.wavs_per_class, progress)
     if kept:
         pipe = load_generator(models["finetuned"], config.scheduler)
         for checkpoint in kept:
-            pipe.unet = UNet2DConditionModel.from_pretrained(checkpoint / "unet").eval()
+            pipe.unet = UNet2DConditionModel.from_pretrained(checkpoint / "unet", use_safetensors=True).eval()
             sample_set(pipe, plan(prompts, config.checkpoint_per_class, config.seed),
                        spec.image_size, spec.image_size, config, spec,
-                       out_dir / "checkpoints" / checkpoint.name / f"{spec.image_size}x{spec.image_size}",
+                       out_dir / "checkpoints" / checkpoint.name / format_resolution(spec.image_size, spec.image_size),
                        0, progress)
     progress.close()
 
 
+@stage_main("sample")
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", default=str(params_module.PARAMS_YAML))

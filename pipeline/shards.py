@@ -13,14 +13,15 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
+from pipeline.errors import PipelineError
 from pipeline.spectrogram import SpectrogramSpec
 
 SHARDS_DIR = Path("data/shards")
@@ -29,7 +30,7 @@ FINGERPRINT_KEY = b"specldm.fingerprint"
 IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 
 
-class ShardError(RuntimeError):
+class ShardError(PipelineError, RuntimeError):
     """Shards are missing or were written by a different format."""
 
 
@@ -73,10 +74,13 @@ def shard_files(split: str, root: Path | str = SHARDS_DIR) -> list[Path]:
 
 def read_spec(path: Path | str) -> SpectrogramSpec:
     """The SpectrogramSpec stored in a shard's schema metadata."""
-    metadata = pq.read_schema(path).metadata or {}
+    try:
+        metadata = pq.read_schema(path).metadata or {}
+    except (OSError, pa.ArrowInvalid) as error:
+        raise ShardError(f"{path}: not a readable Parquet file ({error}); run `dvc repro render`") from None
     if SPEC_KEY not in metadata:
         raise ShardError(f"{path}: no SpectrogramSpec in its metadata (not a specldm shard)")
-    return SpectrogramSpec(**json.loads(metadata[SPEC_KEY]))
+    return SpectrogramSpec.from_json(metadata[SPEC_KEY], str(path))
 
 
 def read_fingerprint(path: Path) -> str | None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import math
 from dataclasses import dataclass
 
@@ -25,10 +26,12 @@ import torch.nn.functional as F
 from torchaudio.functional import griffinlim
 from torchaudio.transforms import InverseMelScale, MelSpectrogram
 
+from pipeline.errors import PipelineError
+
 RESIZE_MODES = ("nearest", "bilinear")
 
 
-class SpecError(ValueError):
+class SpecError(PipelineError, ValueError):
     """A SpectrogramSpec or an array handed to it is not usable."""
 
 
@@ -67,6 +70,10 @@ class SpectrogramSpec:
             value = getattr(self, field)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 fail(field, "must be a positive integer")
+        for field in ("clip_seconds", "f_min", "f_max", "min_db", "max_db"):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                fail(field, "must be a finite number")
         if not self.clip_seconds > 0:
             fail("clip_seconds", "must be positive")
         if self.hop_length > self.n_fft:
@@ -97,7 +104,31 @@ class SpectrogramSpec:
         """Frames of one clip. The trailing centred frame is dropped: 160000 // 1250 = 128."""
         return self.num_samples // self.hop_length
 
-    def replace(self, **changes) -> "SpectrogramSpec":
+    @classmethod
+    def from_dict(cls, values, where: str) -> SpectrogramSpec:
+        """The spec recorded in an artifact (a shard, a model): a SpecError naming ``where``
+        for anything but a complete, valid one."""
+        if not isinstance(values, dict):
+            raise SpecError(f"{where}: the recorded SpectrogramSpec is not a mapping")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown, missing = sorted(set(values) - names), sorted(names - set(values))
+        if unknown or missing:
+            raise SpecError(f"{where}: the recorded SpectrogramSpec has unknown fields {unknown} "
+                            f"and lacks {missing}; it was written by another version of specldm")
+        try:
+            return cls(**values)
+        except SpecError as error:
+            raise SpecError(f"{where}: {error}") from None
+
+    @classmethod
+    def from_json(cls, text: str | bytes, where: str) -> SpectrogramSpec:
+        try:
+            values = json.loads(text)
+        except (ValueError, UnicodeDecodeError) as error:
+            raise SpecError(f"{where}: the recorded SpectrogramSpec is not valid JSON ({error})") from None
+        return cls.from_dict(values, where)
+
+    def replace(self, **changes) -> SpectrogramSpec:
         return dataclasses.replace(self, **changes)
 
 

@@ -14,7 +14,6 @@ with fewer than ``min_per_class`` clips are rolled up to their nearest target an
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -25,7 +24,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline import params as params_module
-from pipeline.files import atomic_path
+from pipeline.errors import stage_main
+from pipeline.files import atomic_path, write_json
 from pipeline.manifest import read_manifest
 from pipeline.ontology import Ontology
 from pipeline.params import SubsetParams
@@ -193,8 +193,7 @@ def build_index(manifest: pd.DataFrame, config: SubsetParams, ontology: Ontology
 def write_subset(table: pa.Table, report: dict, out_dir: Path) -> None:
     with atomic_path(out_dir / "index.parquet") as tmp:
         pq.write_table(table, tmp, compression="zstd")
-    with atomic_path(out_dir / "report.json") as tmp:
-        tmp.write_text(json.dumps(report, indent=2) + "\n")
+    write_json(out_dir / "report.json", report)
 
 
 def format_report(report: dict) -> str:
@@ -206,6 +205,7 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
+@stage_main("subset")
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", default=str(params_module.PARAMS_YAML))

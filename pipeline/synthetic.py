@@ -8,8 +8,8 @@ resolved to ontology ids at run time, so a typo cannot produce a fake label.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 from scipy.signal import fftconvolve

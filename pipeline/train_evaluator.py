@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import params as params_module
+from pipeline.errors import stage_main
 from pipeline.evaluator import Evaluator, train_classifier
-from pipeline.files import atomic_path
+from pipeline.files import write_json
 from pipeline.shards import SHARDS_DIR, read_spec, read_split, shard_files
 
 EVALUATOR_DIR = Path("models/evaluator")
@@ -53,13 +54,13 @@ def train_evaluator(params: params_module.Params, shards: Path = SHARDS_DIR,
             "classes": len(class_ids), "train_rows": len(train["target"]), "test_rows": len(known)}
 
 
+@stage_main("train_evaluator")
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", default=str(params_module.PARAMS_YAML))
     args = parser.parse_args(argv)
     report = train_evaluator(params_module.load(args.params))
-    with atomic_path(METRICS) as tmp:
-        tmp.write_text(json.dumps(report, indent=2) + "\n")
+    write_json(METRICS, report)
     print(json.dumps(report, indent=2), file=sys.stderr)
 
 

@@ -51,6 +51,19 @@ def test_switching_profile_and_back(tmp_path):
     ({"spectrogram": {"hop_length": 0}}, r"spectrogram\.hop_length"),
     ({"spectrogram": {"min_db": True}}, r"spectrogram\.min_db: expected a number"),
     ({"render": 512}, r"render: expected a mapping"),
+    # values that used to pass and make garbage, or a traceback, later
+    ({"pretrain": {"kl_weight": float("nan")}}, r"pretrain\.kl_weight: must be a finite number, got nan"),
+    ({"sample": {"guidance_scale": float("inf")}}, r"sample\.guidance_scale: must be a finite number"),
+    ({"spectrogram": {"min_db": -float("inf")}}, r"spectrogram\.min_db: must be a finite number"),
+    ({"spectrogram": {"clip_seconds": float("inf")}}, r"spectrogram\.clip_seconds: must be a finite"),
+    ({"render": {"image_size": 2**40}}, r"render\.image_size: must be within \[8, 2048\]"),
+    ({"subset": {"caption_template": "{name} {x}"}}, r"subset\.caption_template: unknown placeholder \{x\}"),
+    ({"subset": {"caption_template": "{name"}}, r"subset\.caption_template: .* is not a valid template"),
+    ({"subset": {"mixture_template": "{parent} {a} {b} {c}"}}, r"subset\.mixture_template: unknown placeholder"),
+    ({"source": {"url_template": "http://x/{ytid}/{x}"}}, r"source\.url_template: unknown placeholder \{x\}"),
+    ({"sample": {"resolutions": ["064x064"]}}, r"sample\.resolutions\[0\]: write '064x064' as '64x64'"),
+    ({"sample": {"resolutions": ["64X64"]}}, r"sample\.resolutions\[0\]: '64X64' is not '<H>x<W>'"),
+    ({"sample": {"resolutions": ["8x4096"]}}, r"sample\.resolutions\[0\]: .* up to 2048"),
 ])
 def test_invalid_params_name_the_key(raw, message):
     with pytest.raises(ParamsError, match=message):
@@ -71,3 +84,23 @@ def test_unreadable_files(tmp_path):
     with pytest.raises(ParamsError, match="not valid YAML"):
         load(bad)
     assert yaml.safe_load(render_profile("paper"))["render"]["image_size"] == 512
+
+
+def test_an_empty_params_file_is_refused(tmp_path):
+    empty = tmp_path / "params.yaml"
+    empty.write_text("# nothing yet\n")
+    with pytest.raises(ParamsError, match="is empty; write a profile into it"):
+        load(empty)
+
+
+def test_a_yaml_alias_bomb_gets_a_short_message(tmp_path):
+    """Nine levels of nine aliases are 9**9 strings if written out: the error quotes only
+    the start of the value (it used to format all of it, for minutes and gigabytes)."""
+    levels = ['&a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    levels += [f"&{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 9)}]" for i in range(8)]
+    bomb = tmp_path / "params.yaml"
+    bomb.write_text(f"sample:\n  resolutions: [{', '.join(levels)}]\n")
+    assert len(bomb.read_bytes()) < 500
+    with pytest.raises(ParamsError, match=r"sample\.resolutions\[0\]: expected str, got list") as error:
+        load(bomb)
+    assert len(str(error.value)) < 200

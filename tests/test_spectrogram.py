@@ -4,8 +4,15 @@ import pytest
 import torch
 
 from pipeline.spectrogram import (
-    SpecError, SpectrogramSpec, check_image_size, frames_for_width, image_to_log_mel,
-    image_to_waveform, log_mel_to_image, log_mel_to_waveform, waveform_to_log_mel,
+    SpecError,
+    SpectrogramSpec,
+    check_image_size,
+    frames_for_width,
+    image_to_log_mel,
+    image_to_waveform,
+    log_mel_to_image,
+    log_mel_to_waveform,
+    waveform_to_log_mel,
     width_for_seconds,
 )
 

@@ -1,0 +1,34 @@
+"""Errors a user can act on, and how a stage reports them.
+
+Every error the pipeline raises on purpose (bad params, a damaged artifact, a model that
+does not fit) derives from :class:`PipelineError` and says what to change. A stage's
+``main`` is wrapped in :func:`stage_main`, so such an error ends the stage with one line
+naming the stage, and exit status 1, instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+
+
+class PipelineError(Exception):
+    """Something the user can fix; the message says what and how."""
+
+
+class ModelError(PipelineError):
+    """A model cannot be found, loaded or built; the message says how to provide it."""
+
+
+def stage_main(stage: str):
+    """Decorate a stage's ``main(argv)`` to report a PipelineError in one line."""
+    def decorate(main):
+        @functools.wraps(main)
+        def run(argv: list[str] | None = None):
+            try:
+                return main(argv)
+            except PipelineError as error:
+                print(f"{stage}: {error}", file=sys.stderr)
+                sys.exit(1)
+        return run
+    return decorate
