@@ -20,6 +20,7 @@ run: $(STAMP)
 	dvc repro
 
 test: $(STAMP)
+	ruff check pipeline tests benchmarks
 	python -m pytest -q
 
 # The whole DAG on configs/tiny.yaml in a scratch clone of HEAD: a broken DAG cannot land.

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from pipeline.acquire import acquire
 from pipeline.download import DownloadSettings, Section, ytdlp_options
+from pipeline.ffmpeg_binary import ffmpeg_executable
 from pipeline.ontology import Ontology
 from pipeline.params import parse
 
@@ -61,7 +62,7 @@ def main() -> None:
     print(f"  1 worker:   {one:6.2f} clips/s")
     print(f"  {args.workers} workers:  {many:6.2f} clips/s   ({many / one:.2f}x)")
     options = ytdlp_options(Section("id", "YTID", 10.0, 20.0, "f.flac"),
-                            DownloadSettings("", "", "", None), Path("<work>"), None)
+                            DownloadSettings("", "", "", None, ffmpeg_executable()), Path("<work>"), None)
     print("yt-dlp options:", {k: v for k, v in options.items() if k not in ("logger",)})
 
 

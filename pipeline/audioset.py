@@ -15,7 +15,7 @@ import sys
 import time
 from collections import Counter, deque
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -24,9 +24,17 @@ from tqdm import tqdm
 
 from pipeline.clips import ClipRules
 from pipeline.download import DownloadSettings, Section, is_retryable
-from pipeline.manifest import (CLIPS_SUBDIR, AcquireError, mark_failed, mark_ok, new_row,
-                               read_manifest_rows, write_manifest)
-from pipeline.ontology import Ontology, OntologyError, Segment, YTID_PATTERN, read_segments
+from pipeline.ffmpeg_binary import FfmpegMissing, ffmpeg_executable
+from pipeline.manifest import (
+    CLIPS_SUBDIR,
+    AcquireError,
+    mark_failed,
+    mark_ok,
+    new_row,
+    read_manifest_rows,
+    write_manifest,
+)
+from pipeline.ontology import YTID_PATTERN, Ontology, OntologyError, Segment, read_segments
 from pipeline.params import DownloadParams, SourceParams
 from pipeline.workers import WorkerPool, WorkerStartError
 
@@ -152,7 +160,7 @@ def resume(rows: list[dict], previous: dict[str, dict], raw_dir: Path, rules: Cl
                 row.update(before)
             else:
                 row["attempts"] = max(1, before["attempts"] if before else 0)
-                mark_ok(row, clip, datetime.fromtimestamp(clip.stat().st_mtime, timezone.utc))
+                mark_ok(row, clip, datetime.fromtimestamp(clip.stat().st_mtime, UTC))
         elif before is not None:
             row["attempts"] = before["attempts"]
             if before["status"] == "failed":
@@ -211,7 +219,7 @@ def download(rows: list[dict], raw_dir: Path, manifest: Path, settings: Download
                         raise AcquireError(f"the last {streak} download attempts all failed "
                                            f"({kind}: {message}); {GIVE_UP_KINDS[kind]}. "
                                            "The manifest keeps what was done; run again later")
-                    stamp = datetime.now(timezone.utc)
+                    stamp = datetime.now(UTC)
                     if kind is None:
                         mark_ok(row, raw_dir / row["path"], stamp)
                     elif is_retryable(kind) and tries[row["id"]] <= options.retries:
@@ -237,14 +245,15 @@ def download(rows: list[dict], raw_dir: Path, manifest: Path, settings: Download
 
 def settings_for(source: SourceParams, options: DownloadParams, rules: ClipRules,
                  raw_dir: Path) -> DownloadSettings:
-    if shutil.which("ffmpeg") is None:
-        raise AcquireError("ffmpeg not found: yt-dlp needs it to cut sections "
-                           "(Debian/Ubuntu: apt install ffmpeg)")
+    try:
+        ffmpeg = ffmpeg_executable()  # yt-dlp cuts sections with it
+    except FfmpegMissing as error:
+        raise AcquireError(str(error)) from None
     if options.cookies and not Path(options.cookies).is_file():
         raise AcquireError(f"download.cookies: {options.cookies} is not a file")
     return DownloadSettings(
         url_template=source.url_template, clips_dir=str(raw_dir / CLIPS_SUBDIR),
-        work_dir=str(raw_dir / WORK_SUBDIR), rules=rules,
+        work_dir=str(raw_dir / WORK_SUBDIR), rules=rules, ffmpeg=ffmpeg,
         socket_timeout=min(30.0, options.timeout_seconds), cookies=options.cookies,
         proxy=options.proxy)
 

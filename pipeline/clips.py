@@ -12,6 +12,7 @@ import numpy as np
 from scipy.signal import resample_poly
 
 MAX_CHANNELS = 2  # mono or stereo; a wider layout has no single obvious downmix
+MIN_PADDED_FRACTION = 0.5  # the least of a clip that padding may complete
 
 
 class ClipRejected(Exception):
@@ -67,14 +68,33 @@ def check_loudness(audio: np.ndarray, rules: ClipRules) -> None:
                                      f"{rules.min_rms_db:g}")
 
 
+def check_finite(audio: np.ndarray) -> None:
+    bad = int(np.count_nonzero(~np.isfinite(audio)))
+    if bad:
+        raise ClipRejected("non_finite", f"{bad} of {audio.size} samples are NaN or infinite")
+
+
+def make_clip(audio: np.ndarray, rules: ClipRules) -> np.ndarray:
+    """Exactly one clip (see :func:`fit_to_clip`), refused if any sample is not finite or
+    if the clip, as it will be used (padding included), is silent."""
+    check_finite(audio)
+    clip = fit_to_clip(audio, rules)
+    check_loudness(clip, rules)
+    return clip
+
+
 def fit_to_clip(audio: np.ndarray, rules: ClipRules) -> np.ndarray:
-    """Exactly one clip: a short one padded with trailing silence (or rejected), a long one cut."""
+    """Exactly one clip: a short one padded with trailing silence (or rejected), a long one
+    cut. Padding takes at least half a clip of audio: less would be mostly silence."""
     frames = rules.clip_frames
     if len(audio) < frames:
+        seconds = f"{len(audio) / rules.sample_rate:.2f} s"
         if rules.short_clips == "reject":
-            raise ClipRejected("too_short", f"{len(audio) / rules.sample_rate:.2f} s is shorter "
-                                            f"than a {rules.clip_seconds:g} s clip "
-                                            "(source.short_clips: reject)")
+            raise ClipRejected("too_short", f"{seconds} is shorter than a {rules.clip_seconds:g} s "
+                                            "clip (source.short_clips: reject)")
+        if len(audio) < frames * MIN_PADDED_FRACTION:
+            raise ClipRejected("too_short", f"{seconds} is less than half a {rules.clip_seconds:g} s "
+                                            "clip, too little to pad into one")
         return np.pad(audio, (0, frames - len(audio)))
     return audio[:frames]
 
@@ -91,6 +111,6 @@ def clip_windows(total_frames: int, rules: ClipRules) -> list[tuple[int, int]]:
         return [(0, min(total_frames, frames))]
     windows = [(start, start + frames) for start in range(0, total_frames - frames + 1, frames)]
     tail_start = windows[-1][1]
-    if rules.short_clips == "pad" and total_frames - tail_start >= frames / 2:
+    if rules.short_clips == "pad" and total_frames - tail_start >= frames * MIN_PADDED_FRACTION:
         windows.append((tail_start, total_frames))
     return windows

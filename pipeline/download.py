@@ -20,8 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.clips import ClipRejected, ClipRules, check_loudness, fit_to_clip
+from pipeline.clips import ClipRejected, ClipRules, make_clip
 from pipeline.files import write_flac
+from pipeline.workers import die_with_parent
 
 # A decoded section may be this much shorter than asked for (codec priming, a cut that lands
 # between two packets); anything shorter means the video ends inside the segment.
@@ -49,6 +50,7 @@ ERROR_KINDS = {
     "short_section": False,  # the video ends inside the segment
     "too_short": False,  # segment shorter than a clip and source.short_clips: reject
     "silent": False,
+    "non_finite": False,  # NaN or infinite samples
     "invalid_id": False,
     "unknown_label": False,
     "other": False,  # anything unrecognised: the message is kept; --retry-failed retries it
@@ -89,6 +91,7 @@ class DownloadSettings:
     clips_dir: str
     work_dir: str
     rules: ClipRules
+    ffmpeg: str  # the binary's path, see pipeline.ffmpeg_binary
     socket_timeout: float = 30.0
     cookies: str = ""
     proxy: str = ""
@@ -97,7 +100,7 @@ class DownloadSettings:
         return json.dumps(dataclasses.asdict(self))
 
     @classmethod
-    def from_json(cls, text: str) -> "DownloadSettings":
+    def from_json(cls, text: str) -> DownloadSettings:
         raw = json.loads(text)
         return cls(**raw | {"rules": ClipRules(**raw["rules"])})
 
@@ -141,6 +144,7 @@ def ytdlp_options(section: Section, settings: DownloadSettings, out_dir: Path, l
         # not "quiet", which silences ffmpeg: its stderr is the only place it says why it
         # failed (see fetch_section); errors only, without the progress line
         "external_downloader_args": {"ffmpeg": ["-loglevel", "error", "-nostats"]},
+        "ffmpeg_location": settings.ffmpeg,
     }
     if settings.cookies:
         options["cookiefile"] = settings.cookies
@@ -205,10 +209,10 @@ def _causes(error: BaseException):
     return seen
 
 
-def decode(path: Path, sample_rate: int) -> np.ndarray:
+def decode(path: Path, sample_rate: int, ffmpeg: str) -> np.ndarray:
     """Any media file ffmpeg reads -> mono float32 at ``sample_rate``."""
     result = subprocess.run(
-        ["ffmpeg", "-nostdin", "-v", "error", "-i", str(path), "-vn", "-ac", "1",
+        [ffmpeg, "-nostdin", "-v", "error", "-i", str(path), "-vn", "-ac", "1",
          "-ar", str(sample_rate), "-f", "f32le", "-"],
         capture_output=True, check=False)
     if result.returncode != 0 or not result.stdout:
@@ -220,7 +224,11 @@ def decode(path: Path, sample_rate: int) -> np.ndarray:
 def fetch_section(section: Section, settings: DownloadSettings) -> Outcome:
     """Download, check and write one clip; every failure comes back as an Outcome."""
     import yt_dlp
+    from yt_dlp.postprocessor.ffmpeg import FFmpegPostProcessor
 
+    # yt-dlp's check that ffmpeg can cut sections ignores the ffmpeg_location option; its
+    # own command line sets this instead (yt_dlp/__init__.py), and so do we
+    FFmpegPostProcessor._ffmpeg_location.set(settings.ffmpeg)
     work = Path(settings.work_dir) / section.id
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -234,7 +242,7 @@ def fetch_section(section: Section, settings: DownloadSettings) -> Outcome:
         downloads = (info or {}).get("requested_downloads") or []
         if not downloads or not Path(downloads[0]["filepath"]).exists():
             raise ClipRejected("other", "yt-dlp reported success but wrote no file")
-        audio = decode(Path(downloads[0]["filepath"]), settings.rules.sample_rate)
+        audio = decode(Path(downloads[0]["filepath"]), settings.rules.sample_rate, settings.ffmpeg)
         write_flac(Path(settings.clips_dir) / section.file, _section_clip(audio, section, settings.rules),
                    settings.rules.sample_rate)
         return Outcome(section.id)
@@ -271,9 +279,7 @@ def _section_clip(audio: np.ndarray, section: Section, rules: ClipRules) -> np.n
     if len(audio) < wanted - DURATION_TOLERANCE_SECONDS * rules.sample_rate:
         raise ClipRejected("short_section", f"got {len(audio) / rules.sample_rate:.2f} s of the "
                                             f"{section.end - section.start:g} s segment")
-    clip = fit_to_clip(audio[:wanted], rules)
-    check_loudness(clip[:wanted], rules)
-    return clip
+    return make_clip(audio[:wanted], rules)
 
 
 def _strip_prefix(message: str) -> str:
@@ -282,26 +288,16 @@ def _strip_prefix(message: str) -> str:
 
 def serve(stdin=sys.stdin) -> None:
     """The worker loop. Anything a child process prints goes to stderr, never into replies."""
-    _die_with_parent()
+    # go with the acquire process, even on SIGKILL, instead of finishing a download nobody
+    # will record (a parent gone before this call closes stdin, which ends the loop too)
+    die_with_parent()
     replies = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1)
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     settings = DownloadSettings.from_json(stdin.readline())
-    import yt_dlp  # loaded before "ready", so no task's time limit pays for it
     replies.write("ready\n")
     for line in stdin:
         outcome = fetch_section(Section(**json.loads(line)), settings)
         replies.write(json.dumps(dataclasses.asdict(outcome)) + "\n")
-
-
-def _die_with_parent() -> None:
-    """On Linux, go when the acquire process goes, even by SIGKILL, instead of finishing
-    a download nobody will record. (A parent gone before this call closes stdin, which ends
-    the loop too.)"""
-    if sys.platform.startswith("linux"):
-        import ctypes
-        import signal
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 if __name__ == "__main__":

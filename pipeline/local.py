@@ -4,7 +4,8 @@ The CSV has a header and the columns ``path`` (relative to the folder) and ``lab
 (AudioSet ids or display names, separated by ``;``; AudioSet's own comma-separated id lists
 work too). Any file soundfile reads, at any rate, mono or stereo. A problem with the CSV
 stops the stage with every offending line listed; a problem with a recording (missing,
-empty, corrupt, too many channels, silent, too short) is a ``failed`` manifest row.
+empty, corrupt, too many channels, NaN or infinite samples, silent, too short) is a
+``failed`` manifest row.
 """
 
 from __future__ import annotations
@@ -19,8 +20,7 @@ from pathlib import Path
 import soundfile as sf
 from tqdm import tqdm
 
-from pipeline.clips import (ClipRejected, ClipRules, check_loudness, clip_windows, fit_to_clip,
-                            resample, to_mono)
+from pipeline.clips import ClipRejected, ClipRules, check_finite, clip_windows, make_clip, resample, to_mono
 from pipeline.files import write_flac
 from pipeline.manifest import CLIPS_SUBDIR, AcquireError, mark_failed, mark_ok, new_row
 from pipeline.ontology import Ontology, OntologyError
@@ -110,6 +110,7 @@ def read_recording(path: Path, rules: ClipRules):
         raise ClipRejected("corrupt", f"soundfile cannot read it: {error}") from None
     if len(audio) == 0:
         raise ClipRejected("empty", "no audio frames")
+    check_finite(audio)  # before resampling, which would smear one NaN over its neighbours
     return resample(to_mono(audio), rate, rules.sample_rate)
 
 
@@ -130,8 +131,7 @@ def clips_of(recording: Recording, folder: Path, raw_dir: Path, rules: ClipRules
                       f"{CLIPS_SUBDIR}/{clip_id}.flac")
         row["attempts"] = 1
         try:
-            check_loudness(audio[start:end], rules)
-            clip = fit_to_clip(audio[start:end], rules)
+            clip = make_clip(audio[start:end], rules)
         except ClipRejected as rejected:
             row["path"] = None
             rows.append(mark_failed(row, rejected.kind, str(rejected)))

@@ -1,7 +1,8 @@
 """Worker processes with a wall-clock limit per task.
 
 Each worker is ``python -m <module>``: it reads a setup line, answers ``ready`` once it
-has loaded what it needs, then reads one JSON task a line and answers one JSON line per task. A task past its deadline has its worker killed together with everything the
+has loaded what it needs, then reads one JSON task a line and answers one JSON line per
+task. A task past its deadline has its worker killed together with everything the
 worker started (yt-dlp's ffmpeg), and the worker is replaced. Plain subprocesses rather than
 multiprocessing: a killed worker cannot corrupt a shared queue, and starting one imports only
 the worker's module, not the parent's (torch).
@@ -25,6 +26,20 @@ TIMEOUT = "timeout"
 CRASHED = "worker_crashed"
 
 
+def die_with_parent(parent_pid: int | None = None) -> None:
+    """Make the kernel SIGKILL this process when its parent ends (Linux), so that a stage
+    killed with SIGKILL leaves no worker behind, still busy writing outputs nobody will
+    record. With ``parent_pid``, also go at once if that parent is already gone."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if parent_pid is not None and os.getppid() != parent_pid:
+        os._exit(1)
+
+
 class WorkerStartError(RuntimeError):
     """A worker exited before it said ``ready``: it would fail the same way every time."""
 
@@ -46,7 +61,7 @@ class WorkerPool:
         self.selector = selectors.DefaultSelector()
         self.workers = [self._start(slot) for slot in range(processes)]
 
-    def __enter__(self) -> "WorkerPool":
+    def __enter__(self) -> WorkerPool:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -17,6 +17,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from pipeline.ffmpeg_binary import ffmpeg_executable
+
 CONTENT_TYPES = {".webm": "audio/webm", ".m4a": "audio/mp4", ".ogg": "audio/ogg"}
 
 
@@ -31,7 +33,7 @@ def make_media(path: Path, tones: list[tuple[float, float]], codec: str = "libop
         inputs += ["-f", "lavfi", "-i", source]
         labels.append(f"[{index}]")
     extra = ["-movflags", "+faststart"] if path.suffix == ".m4a" else []
-    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", *inputs, "-filter_complex",
+    subprocess.run([ffmpeg_executable(), "-nostdin", "-v", "error", "-y", *inputs, "-filter_complex",
                     f"{''.join(labels)}concat=n={len(tones)}:v=0:a=1", "-ac", str(channels),
                     "-c:a", codec, *extra, str(path)], check=True)
     return path
@@ -74,7 +76,7 @@ class MediaServer:
     def url_template(self) -> str:
         return f"http://127.0.0.1:{self._server.server_port}/v/{{ytid}}"
 
-    def __enter__(self) -> "MediaServer":
+    def __enter__(self) -> MediaServer:
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self
 

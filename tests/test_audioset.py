@@ -12,14 +12,15 @@ import pytest
 import soundfile as sf
 import yaml
 
-from conftest import ROOT, make_tiny_repo, run
-from media_server import MediaServer, make_media, write_segments
 from pipeline.acquire import acquire, clip_rules, summary
 from pipeline.audioset import clip_name, plan
 from pipeline.download import classify, is_retryable
 from pipeline.manifest import SCHEMA, AcquireError, read_manifest
 from pipeline.params import parse
 from pipeline.workers import WorkerPool, WorkerStartError
+
+from conftest import ROOT, make_tiny_repo, run
+from media_server import MediaServer, make_media, write_segments
 
 DIAL, BUSY, RING = "/m/015jpf", "/m/01z47d", "/m/01hnzm"
 WEBM, M4A = "tone_webm_1", "-tone_m4a_0"  # a YouTube id may start with "-"
@@ -215,7 +216,7 @@ def test_a_killed_run_resumes_without_downloading_again(tmp_path, media, ontolog
 
 
 def test_selection_filter_cap_limit_and_duplicates(tmp_path, ontology):
-    siren, police, ambulance = "/m/03kmc9", "/m/04qvtq", "/m/012n7d"
+    police, ambulance = "/m/04qvtq", "/m/012n7d"
     segments = [(f"seg_{i:07d}", 0, 10, [police, ambulance, DIAL][i % 3]) for i in range(30)]
     first = write_segments(tmp_path / "a.csv", segments)
     again = write_segments(tmp_path / "b.csv", segments[:2] + [("other_id_01", 0, 7, DIAL)])

@@ -7,7 +7,7 @@ import soundfile as sf
 
 from pipeline.acquire import acquire
 from pipeline.clips import ClipRules, clip_windows
-from pipeline.manifest import SCHEMA, AcquireError
+from pipeline.manifest import SCHEMA, AcquireError, read_manifest
 from pipeline.params import parse
 
 DIAL, BUSY = "/m/015jpf", "/m/01z47d"
@@ -29,11 +29,16 @@ def recordings(tmp_path):
     folder = tmp_path / "audio"
     (folder / "field").mkdir(parents=True)
     sf.write(folder / "field" / "long stereo.wav", tone(25, 44_100, channels=2), 44_100)
-    sf.write(folder / "short.flac", tone(4, 8_000, frequency=1000), 8_000)
+    sf.write(folder / "short.flac", tone(6, 8_000, frequency=1000), 8_000)
     sf.write(folder / "quiet.wav", tone(10, 16_000, level=1e-5), 16_000)
     sf.write(folder / "surround.wav", tone(10, 16_000, channels=6), 16_000)
     (folder / "empty.wav").write_bytes(b"")
     (folder / "corrupt.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk" * 10)
+    one_nan = tone(10, 16_000)
+    one_nan[5000] = np.nan
+    sf.write(folder / "nan.wav", one_nan, 16_000, subtype="FLOAT")
+    sf.write(folder / "inf.wav", np.full(160_000, np.inf, np.float32), 16_000, subtype="FLOAT")
+    sf.write(folder / "one sample.wav", np.array([0.5], np.float32), 16_000, subtype="FLOAT")
     csv = tmp_path / "labels.csv"
     csv.write_text(
         "path,labels\n"
@@ -43,6 +48,9 @@ def recordings(tmp_path):
         f"surround.wav,{DIAL}\n"
         f"empty.wav,{DIAL}\n"
         f"corrupt.wav,{DIAL}\n"
+        f"nan.wav,{DIAL}\n"
+        f"inf.wav,{DIAL}\n"
+        f"one sample.wav,{DIAL}\n"
         f"gone.wav,{DIAL}\n")
     return folder, csv
 
@@ -66,16 +74,18 @@ def test_recordings_become_clips_and_bad_files_are_recorded(tmp_path, recordings
                 if rs[0]["status"] != "ok"}
     assert failures == {"quiet.wav": ("failed", "silent"), "surround.wav": ("failed", "channels"),
                         "empty.wav": ("failed", "empty"), "corrupt.wav": ("failed", "corrupt"),
-                        "gone.wav": ("failed", "missing")}
+                        "gone.wav": ("failed", "missing"), "nan.wav": ("failed", "non_finite"),
+                        "inf.wav": ("failed", "non_finite"),
+                        "one sample.wav": ("failed", "too_short")}
     assert pq.read_schema(tmp_path / "raw" / "manifest.parquet").equals(SCHEMA, check_metadata=False)
     for row in rows:
         if row["status"] == "ok":
             audio, sr = sf.read(tmp_path / "raw" / row["path"], dtype="float32")
             assert (sr, audio.ndim, len(audio)) == (16_000, 1, 160_000)
     short, _ = sf.read(tmp_path / "raw" / files["short.flac"][0]["path"], dtype="float32")
-    spectrum = np.abs(np.fft.rfft(short[:64_000]))  # resampled from 8 kHz, then padded
-    assert np.argmax(spectrum) * 16_000 / 64_000 == pytest.approx(1000, abs=2)
-    assert np.abs(short[64_000:]).max() == 0
+    spectrum = np.abs(np.fft.rfft(short[:96_000]))  # resampled from 8 kHz, then padded
+    assert np.argmax(spectrum) * 16_000 / 96_000 == pytest.approx(1000, abs=2)
+    assert np.abs(short[96_000:]).max() == 0
 
 
 def test_short_and_long_rules(tmp_path, recordings, ontology):
@@ -139,3 +149,39 @@ def test_header_is_required(tmp_path, recordings, ontology):
 def test_clip_windows(seconds, short, long, windows):
     rules = ClipRules(100, 10.0, short, long, -60.0)
     assert clip_windows(seconds * 100, rules) == [(a * 100, b * 100) for a, b in windows]
+
+
+def test_a_replaced_recording_is_rendered_anew(tmp_path, ontology):
+    """`dvc repro -f acquire` after replacing a recording: the new audio reaches the shards,
+    though the clip keeps its id and path."""
+    from pipeline.render import render
+    from pipeline.shards import read_split
+    from pipeline.subset import build_index, write_subset
+
+    folder = tmp_path / "audio"
+    folder.mkdir()
+    lines = ["path,labels"]
+    for n in range(4):
+        for label, frequency in ((DIAL, 400), (BUSY, 2500)):
+            sf.write(folder / f"{label[3:]}-{n}.wav", tone(10, 16_000, frequency + 50 * n), 16_000)
+            lines.append(f"{label[3:]}-{n}.wav,{label}")
+    csv = tmp_path / "labels.csv"
+    csv.write_text("\n".join(lines) + "\n")
+    params = parse({"source": {"kind": "local", "dir": str(folder), "labels_csv": str(csv)},
+                    "subset": {"mixtures": 0, "min_per_class": 1, "val_fraction": 0.0, "test_fraction": 0.0},
+                    "render": {"image_size": 64, "workers": 1}})
+
+    def acquire_and_render():
+        acquire(params, tmp_path / "raw", ontology)
+        table, report = build_index(read_manifest(tmp_path / "raw" / "manifest.parquet"), params.subset, ontology)
+        write_subset(table, report, tmp_path / "subset")
+        render(params, tmp_path / "subset" / "index.parquet", tmp_path / "raw", tmp_path / "shards")
+        rows = read_split("train", ["source_ids", "log_mel"], tmp_path / "shards")
+        return {ids[0]: mel for ids, mel in zip(rows["source_ids"], rows["log_mel"])}
+
+    before = acquire_and_render()
+    sf.write(folder / f"{DIAL[3:]}-0.wav", tone(10, 16_000, 3000), 16_000)
+    after = acquire_and_render()
+    changed = next(i for i in before if "015jpf_0" in i)
+    assert np.abs(after[changed] - before[changed]).max() > 10  # dB: another tone entirely
+    assert all(np.array_equal(after[i], before[i]) for i in before if i != changed)
