@@ -21,10 +21,21 @@ from PIL import Image
 from tqdm import tqdm
 
 from pipeline import params as params_module
-from pipeline.files import atomic_path
+from pipeline.errors import stage_main
+from pipeline.files import TIMINGS_DIR, write_json
 from pipeline.models import (
-    TINY, assemble, build_unet, build_vae, caption_embeddings, diffusion_loss, drop_captions,
-    images_to_unit, load_minilm, materialise_base, noise_scheduler, save_pipeline,
+    TINY,
+    assemble,
+    build_unet,
+    build_vae,
+    caption_embeddings,
+    diffusion_loss,
+    drop_captions,
+    images_to_unit,
+    load_minilm,
+    materialise_base,
+    noise_scheduler,
+    save_pipeline,
 )
 from pipeline.params import Params
 
@@ -148,7 +159,7 @@ def pretrain_tiny(params: Params, out_dir: Path) -> dict:
     return {"base": TINY, "photographs": len(photos), "vae_steps": config.vae_steps,
             "vae_final_l1": vae_loss, "unet_steps": config.unet_steps, "unet_final_loss": unet_loss,
             "latent_scaling_factor": vae.config.scaling_factor,
-            "wall_seconds": time.perf_counter() - started}
+            "timings": {"wall_seconds": time.perf_counter() - started}}
 
 
 def pretrain(params: Params, out_dir: Path = PRETRAINED_DIR) -> dict:
@@ -158,14 +169,15 @@ def pretrain(params: Params, out_dir: Path = PRETRAINED_DIR) -> dict:
     return {"base": params.model.base}
 
 
+@stage_main("pretrain")
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", default=str(params_module.PARAMS_YAML))
     parser.add_argument("--out", default=str(PRETRAINED_DIR))
     args = parser.parse_args(argv)
     summary = pretrain(params_module.load(args.params), Path(args.out))
-    with atomic_path(METRICS) as tmp:
-        tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(TIMINGS_DIR / "pretrain.json", summary.pop("timings", {}))
+    write_json(METRICS, summary)
     print(json.dumps(summary, indent=2), file=sys.stderr)
 
 

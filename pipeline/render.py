@@ -1,10 +1,14 @@
 """Stage ``render``: subset rows -> mel images in ``data/shards/<split>/part-NNNNN.parquet``.
 
-Shards are written by a pool of worker processes, each shard atomically. A shard whose
-file already carries the fingerprint of its rows and SpectrogramSpec is kept, so a run
-killed half way finishes the rest without redoing what is done (``data/shards`` is a
-persistent DVC output). Rows whose audio is missing, unreadable, not 16 kHz mono,
-truncated or silent are skipped and listed, by reason, in ``data/shards/report.json``.
+Shards are written by a pool of worker processes, each shard atomically, then a record
+beside it (``part-NNNNN.json``: the shard's SHA-256 and a digest of the code that wrote
+it). A shard is kept only while it is intact (every byte still matches that SHA-256), was
+written by the same code, and carries the fingerprint of what it was made from: its rows,
+the bytes of their clips, the SpectrogramSpec and the shard layout. So a run killed half
+way finishes the rest without redoing what is done (``data/shards`` is a persistent DVC
+output), while a changed clip, changed code or a damaged shard is rendered again. Rows
+whose audio is missing, unreadable, not 16 kHz mono, truncated, silent or not finite
+(NaN, inf) are skipped and listed, by reason, in ``data/shards/report.json``.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import argparse
 import hashlib
 import json
 import multiprocessing
+import os
 import sys
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
@@ -27,13 +32,15 @@ import torch
 from tqdm import tqdm
 
 from pipeline import params as params_module
-from pipeline.files import atomic_path, remove_partials
+from pipeline.errors import stage_main
+from pipeline.files import atomic_path, remove_partials, sha256_file, write_json
+from pipeline.provenance import code_digest
 from pipeline.shards import SHARDS_DIR, encode_png, read_fingerprint, shard_schema
 from pipeline.spectrogram import SpectrogramSpec, log_mel_to_grey, waveform_to_log_mel
 from pipeline.subset import SPLITS, SUBSET_DIR
+from pipeline.workers import die_with_parent
 
 RAW_DIR = Path("data/raw")
-SHARD_FORMAT = 1  # bump when the encoding changes (the schema is fingerprinted itself)
 MIN_FRACTION = 0.9  # shorter audio than this fraction of a clip is "truncated"
 
 
@@ -46,6 +53,7 @@ class ShardTask:
     split: str
     number: int
     rows: list[dict]
+    clip_sha256: list[list[str | None]]  # per row, per clip path; None for a missing file
     spec: SpectrogramSpec
     mix_domain: str
     row_group_rows: int
@@ -54,9 +62,10 @@ class ShardTask:
 
     @property
     def fingerprint(self) -> str:
-        # the schema too: shards kept from before a layout change would otherwise be reused
+        """What the shard's content follows from (the code that encodes it is checked apart,
+        in the record beside the shard: see :func:`is_reusable`)."""
         layout = shard_schema(self.spec, "").to_string(show_schema_metadata=False)
-        content = json.dumps([SHARD_FORMAT, layout, asdict(self.spec), self.mix_domain, self.rows],
+        content = json.dumps([layout, asdict(self.spec), self.mix_domain, self.rows, self.clip_sha256],
                              sort_keys=True, default=str)
         return hashlib.sha256(content.encode()).hexdigest()
 
@@ -76,6 +85,8 @@ def load_clip(path: Path, spec: SpectrogramSpec) -> np.ndarray:
     audio = audio[:, 0]
     if len(audio) < MIN_FRACTION * spec.num_samples:
         raise SkipRow(f"truncated ({len(audio) / spec.sample_rate:.2f} s)")
+    if not np.isfinite(audio).all():
+        raise SkipRow("non-finite samples (NaN or inf)")
     if not np.any(audio):
         raise SkipRow("silent")
     return np.pad(audio[:spec.num_samples], (0, max(0, spec.num_samples - len(audio))))
@@ -112,19 +123,52 @@ def render_shard(task: ShardTask) -> tuple[str, int, list[tuple[str, str]], int]
     table = pa.Table.from_pydict(columns, schema=schema)
     with atomic_path(task.path) as tmp:
         pq.write_table(table, tmp, compression="zstd", row_group_size=task.row_group_rows)
+    write_record(task.path)
     return task.split, len(kept), skipped, task.path.stat().st_size
+
+
+def record_path(shard: Path) -> Path:
+    return shard.with_suffix(".json")
+
+
+def write_record(shard: Path) -> None:
+    """Written after the shard: a run killed in between leaves a shard without a matching
+    record, which the next run renders again."""
+    record = {"file": shard.name, "sha256": sha256_file(shard), "code": code_digest("pipeline.render")}
+    write_json(record_path(shard), record)
+
+
+def is_reusable(task: ShardTask) -> bool:
+    """The shard on disk is whole (every byte, not only the footer, matches its record),
+    was written by this code, and was made from exactly what this task makes it from."""
+    try:
+        record = json.loads(record_path(task.path).read_text())
+    except (OSError, ValueError):
+        return False
+    return (isinstance(record, dict) and record.get("code") == code_digest("pipeline.render")
+            and read_fingerprint(task.path) == task.fingerprint
+            and record.get("sha256") == sha256_file(task.path))
 
 
 def plan_shards(index: pa.Table, params: params_module.Params, raw_dir: Path,
                 out_dir: Path) -> list[ShardTask]:
     config = params.render
     columns = ["id", "caption", "target", "target_name", "labels", "source_ids", "is_mixture", "paths"]
+    digests: dict[str, str | None] = {}
+
+    def clip_sha256(path: str) -> str | None:
+        if path not in digests:
+            digests[path] = sha256_file(raw_dir / path) if (raw_dir / path).is_file() else None
+        return digests[path]
+
     tasks = []
     for split in SPLITS:
         rows = [r for r in index.select(columns + ["split"]).to_pylist() if r.pop("split") == split]
         for number, start in enumerate(range(0, len(rows), config.shard_rows)):
+            shard_rows = rows[start:start + config.shard_rows]
             tasks.append(ShardTask(
-                split=split, number=number, rows=rows[start:start + config.shard_rows],
+                split=split, number=number, rows=shard_rows,
+                clip_sha256=[[clip_sha256(p) for p in row["paths"]] for row in shard_rows],
                 spec=params.spec, mix_domain=params.subset.mix_domain,
                 row_group_rows=config.row_group_rows, raw_dir=raw_dir,
                 path=out_dir / split / f"part-{number:05d}.parquet"))
@@ -137,13 +181,13 @@ def render(params: params_module.Params, index_path: Path = SUBSET_DIR / "index.
     for split in SPLITS:
         (out_dir / split).mkdir(parents=True, exist_ok=True)
         remove_partials(out_dir / split)
-    planned = {task.path for task in tasks}
-    for stale in out_dir.glob("*/part-*.parquet"):
+    planned = {task.path for task in tasks} | {record_path(task.path) for task in tasks}
+    for stale in out_dir.glob("*/part-*"):
         if stale not in planned:
             stale.unlink()
     reused, todo = [], []
     for task in tasks:
-        (reused if read_fingerprint(task.path) == task.fingerprint else todo).append(task)
+        (reused if is_reusable(task) else todo).append(task)
     report = {"rows": Counter(), "skipped": [], "bytes_written": 0,
               "shards": len(tasks), "shards_reused": len(reused)}
     earlier = _earlier_skips(out_dir) if reused else []
@@ -163,8 +207,7 @@ def render(params: params_module.Params, index_path: Path = SUBSET_DIR / "index.
     # The file describes the data; how much this run reused or wrote is only returned, so a
     # re-run gives a byte-identical report.
     facts = {key: report[key] for key in ("rows", "shards", "skipped", "skipped_by_reason")}
-    with atomic_path(out_dir / "report.json") as tmp:
-        tmp.write_text(json.dumps(facts, indent=2) + "\n")
+    write_json(out_dir / "report.json", facts)
     return report
 
 
@@ -180,7 +223,8 @@ class _InProcess:
         return False
 
 
-def _one_thread() -> None:
+def _start_worker(parent_pid: int) -> None:
+    die_with_parent(parent_pid)
     torch.set_num_threads(1)  # one process per core beats threads fighting over cores
 
 
@@ -189,7 +233,7 @@ def _shard_pool(workers: int):
         return _InProcess()
     # spawn, not fork: forking a process whose torch/OpenMP threads have run can deadlock.
     return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_one_thread)
+                               initializer=_start_worker, initargs=(os.getpid(),))
 
 
 def _earlier_skips(out_dir: Path) -> list[dict]:
@@ -200,6 +244,7 @@ def _earlier_skips(out_dir: Path) -> list[dict]:
         return []
 
 
+@stage_main("render")
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", default=str(params_module.PARAMS_YAML))

@@ -28,16 +28,25 @@ import pyarrow.parquet as pq
 import torch
 from tqdm import tqdm
 
-from pipeline import models
 from pipeline import params as params_module
-from pipeline.files import atomic_path
+from pipeline.errors import PipelineError, stage_main
+from pipeline.files import TIMINGS_DIR, sha256_file, write_json
 from pipeline.models import (
-    caption_embeddings, diffusion_loss, drop_captions, images_to_unit, load_pipeline,
-    save_pipeline, unit_to_grey, write_spec, zero_terminal_snr,
+    caption_embeddings,
+    diffusion_loss,
+    drop_captions,
+    images_to_unit,
+    load_pipeline,
+    save_pipeline,
+    unit_to_grey,
+    write_spec,
+    zero_terminal_snr,
 )
 from pipeline.params import Params, TrainParams
-from pipeline.shards import SHARDS_DIR, iter_batches, read_fingerprint, read_spec, read_split, shard_files
+from pipeline.provenance import code_digest
+from pipeline.shards import SHARDS_DIR, iter_batches, read_spec, read_split, shard_files
 from pipeline.spectrogram import image_to_log_mel
+from pipeline.tensorstate import StateError, load_state, save_state
 
 PRETRAINED_DIR = Path("models/pretrained")
 FINETUNED_DIR = Path("models/finetuned")
@@ -46,9 +55,11 @@ METRICS = Path("metrics/train.json")
 LIVE_DIR = Path("metrics/train")
 # Settings that change what is trained; the rest (logging, checkpoint cadence) may differ on resume.
 RESUME_IGNORES = ("checkpoint_every", "keep_checkpoints", "log_every")
+CHECKPOINT_RECORD = "checkpoint.json"
+STATE_SUBDIR = "state"
 
 
-class TrainingError(RuntimeError):
+class TrainingError(PipelineError, RuntimeError):
     """Training cannot go on; the message says why and what to change."""
 
 
@@ -151,38 +162,35 @@ class EMA:
 
 def fingerprint(params: Params, shards: Path, base: Path) -> str:
     """What a checkpoint must share with this run to be resumed from: the settings, the
-    data, the base weights and the training code (changed code must retrain, not resume)."""
+    bytes of the training shards and of the base model, and the training code (changed
+    code must retrain, not resume)."""
     train = {k: v for k, v in params.to_dict()["train"].items() if k not in RESUME_IGNORES}
-    parts = [json.dumps(train, sort_keys=True)]
-    parts += [_file_digest(Path(source)) for source in (__file__, models.__file__)]
-    parts += [read_fingerprint(f) or f.name for split in ("train",) for f in shard_files(split, shards)]
-    for weights in sorted(base.glob("*/*.safetensors")):
-        stat = weights.stat()
-        parts.append(f"{weights.relative_to(base)}:{stat.st_size}:{_file_digest(weights)}")
+    parts = [json.dumps(train, sort_keys=True), code_digest("pipeline.train")]
+    parts += [f"{f.name}:{sha256_file(f)}" for f in shard_files("train", shards)]
+    parts += [f"{f.relative_to(base).as_posix()}:{sha256_file(f)}"
+              for f in sorted(base.rglob("*")) if f.is_file()]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def checkpoints(directory: Path) -> list[Path]:
-    return sorted(directory.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+    """Finished checkpoints, oldest first: ``step-N`` folders holding a checkpoint record
+    (written last). Anything else there is never read."""
+    found = [p for p in directory.glob("step-*")
+             if p.name[5:].isdigit() and (p / CHECKPOINT_RECORD).is_file()]
+    return sorted(found, key=lambda p: int(p.name[5:]))
 
 
-def save_checkpoint(directory: Path, step: int, state: dict, unet_for_sampling, keep: int) -> Path:
-    """``step-NNNNNN/``: the training state, and the (EMA) U-Net in diffusers format for
-    per-checkpoint evaluation. Written to a staging folder, then renamed."""
-    final = directory / f"step-{step:06d}"
-    staging = directory / f".step-{step:06d}.partial"
+def save_checkpoint(directory: Path, record: dict, state: dict, unet_for_sampling, keep: int) -> Path:
+    """``step-NNNNNN/``: the record (step, fingerprint, log), the training state
+    (safetensors + JSON, see :mod:`pipeline.tensorstate`) and the (EMA) U-Net in diffusers
+    format for per-checkpoint evaluation. Written to a staging folder, then renamed."""
+    final = directory / f"step-{record['step']:06d}"
+    staging = directory / f".{final.name}.partial"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    torch.save(state, staging / "training_state.pt")
+    save_state(state, staging / STATE_SUBDIR)
     unet_for_sampling.save_pretrained(staging / "unet", safe_serialization=True)
+    (staging / CHECKPOINT_RECORD).write_text(json.dumps(record, indent=2) + "\n")
     shutil.rmtree(final, ignore_errors=True)
     staging.rename(final)
     for old in checkpoints(directory)[:-keep]:
@@ -190,19 +198,35 @@ def save_checkpoint(directory: Path, step: int, state: dict, unet_for_sampling, 
     return final
 
 
-def latest_checkpoint(directory: Path, expected: str) -> tuple[Path, dict] | None:
-    """The newest checkpoint of this configuration. Others (another config, half-written) go."""
+def latest_checkpoint(directory: Path, expected: str) -> tuple[Path, dict, dict] | None:
+    """(folder, record, state) of the newest checkpoint with this run's fingerprint.
+
+    Only the small JSON record is read to decide; the state is loaded without unpickling
+    anything, and only for the checkpoint resumed from. Checkpoints of another
+    configuration, data or code are deleted (they cannot be resumed, and would pollute the
+    per-checkpoint FID curve). A damaged one stops the run with the path to delete; folders
+    that are not checkpoints are left alone, as found.
+    """
     for partial in directory.glob(".step-*.partial"):
         shutil.rmtree(partial, ignore_errors=True)
-    for path in reversed(checkpoints(directory)):
+    finished = checkpoints(directory)
+    strangers = sorted(set(directory.glob("step-*")) - set(finished))
+    if strangers:
+        print(f"train: ignoring {', '.join(map(str, strangers))}: not checkpoints of this "
+              "pipeline (no checkpoint record)", file=sys.stderr)
+    for path in reversed(finished):
         try:
-            state = torch.load(path / "training_state.pt", map_location="cpu", weights_only=False)
-        except (OSError, RuntimeError, EOFError):
+            record = json.loads((path / CHECKPOINT_RECORD).read_text())
+        except ValueError as error:
+            raise TrainingError(f"{path / CHECKPOINT_RECORD} is damaged ({error}); delete {path} "
+                                "to resume from the checkpoint before it") from None
+        if not isinstance(record, dict) or record.get("fingerprint") != expected:
             shutil.rmtree(path)
             continue
-        if state.get("fingerprint") == expected:
-            return path, state
-        shutil.rmtree(path)
+        try:
+            return path, record, load_state(path / STATE_SUBDIR)
+        except StateError as error:
+            raise TrainingError(f"{error}; delete {path} to resume from the checkpoint before it") from None
     return None
 
 
@@ -254,7 +278,7 @@ def train(params: Params, shards: Path = SHARDS_DIR, base: Path = PRETRAINED_DIR
 
     if config.finetune_vae:
         if resumed is not None:
-            vae.load_state_dict(resumed[1]["vae"])
+            vae.load_state_dict(resumed[2]["vae"])
         else:
             finetune_vae_decoder(vae, shards, config, device, live)
     vae.requires_grad_(False).eval()
@@ -272,16 +296,15 @@ def train(params: Params, shards: Path = SHARDS_DIR, base: Path = PRETRAINED_DIR
     optimizer = torch.optim.AdamW(unet.parameters(), lr=config.learning_rate)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config))
     ema = EMA(unet, config.ema_decay) if config.ema else None
-    start_step, history, earlier_seconds, loss_value = 0, [], 0.0, float("nan")
+    start_step, history, loss_value = 0, [], float("nan")
     if resumed is not None:
-        path, state = resumed
+        path, record, state = resumed
         unet.load_state_dict(state["unet"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         if ema is not None:
             ema.shadow = state["ema"]
-        start_step, history = state["step"], state["history"]
-        earlier_seconds, loss_value = state["wall_seconds"], state["loss"]
+        start_step, history, loss_value = record["step"], record["history"], record["loss"]
         print(f"resuming from {path} (step {start_step})", file=sys.stderr)
     unet, optimizer, scheduler = accelerator.prepare(unet, optimizer, scheduler)
     for row in history:  # the log of the steps before the checkpoint, as the new run's start
@@ -291,7 +314,7 @@ def train(params: Params, shards: Path = SHARDS_DIR, base: Path = PRETRAINED_DIR
                 live.log_metric(key, value)
     noise_schedule = pipe.scheduler
     per_step = config.batch_size * config.gradient_accumulation * accelerator.num_processes
-    started, last_log, last_log_step = time.perf_counter(), time.perf_counter(), start_step
+    started = time.perf_counter()
     progress = tqdm(range(start_step, config.steps), initial=start_step, total=config.steps,
                     desc="train", unit="step", file=sys.stderr, disable=not accelerator.is_main_process)
     try:
@@ -325,10 +348,9 @@ def train(params: Params, shards: Path = SHARDS_DIR, base: Path = PRETRAINED_DIR
                 ema.update(accelerator.unwrap_model(unet), step)
             done = step + 1
             if done % config.log_every == 0 or done == config.steps:
-                now = time.perf_counter()
-                row = {"step": done, "loss": loss_value, "lr": scheduler.get_last_lr()[0],
-                       "samples_per_second": per_step * (done - last_log_step) / (now - last_log)}
-                last_log, last_log_step = now, done
+                # no timings here: the log is tracked in git, and must not change between
+                # runs that train the same weights (throughput goes to metrics/timings/)
+                row = {"step": done, "loss": loss_value, "lr": scheduler.get_last_lr()[0]}
                 history.append(row)
                 live.step = done
                 for key, value in row.items():
@@ -339,20 +361,22 @@ def train(params: Params, shards: Path = SHARDS_DIR, base: Path = PRETRAINED_DIR
             if accelerator.is_main_process and (done % config.checkpoint_every == 0 or done == config.steps):
                 plain = accelerator.unwrap_model(unet)
                 sampling = _with_ema(plain, ema)
-                save_checkpoint(checkpoint_dir, done, {
-                    "step": done, "fingerprint": run_fingerprint, "history": history, "loss": loss_value,
-                    "wall_seconds": earlier_seconds + time.perf_counter() - started,
+                record = {"step": done, "fingerprint": run_fingerprint, "loss": loss_value,
+                          "history": history}
+                save_checkpoint(checkpoint_dir, record, {
                     "unet": plain.state_dict(), "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(), "ema": ema.shadow if ema else None,
                     "vae": vae.state_dict() if config.finetune_vae else None,
                 }, sampling, config.keep_checkpoints)
-    except torch.OutOfMemoryError:
+    except (torch.OutOfMemoryError, MemoryError, RuntimeError) as error:
+        if not is_out_of_memory(error):
+            raise
         raise TrainingError(
             f"out of memory at train.batch_size={config.batch_size}: lower train.batch_size and raise "
             "train.gradient_accumulation to keep the effective batch, or set "
             "train.gradient_checkpointing: true (or train.mixed_precision: bf16 on a GPU)") from None
     progress.close()
-    wall = earlier_seconds + time.perf_counter() - started  # all runs that made these weights
+    wall = time.perf_counter() - started
     final_unet = _with_ema(accelerator.unwrap_model(unet), ema)
     pipe.unet = final_unet.to(torch.float32).eval()
     pipe.vae = vae.to(torch.float32)
@@ -361,11 +385,21 @@ def train(params: Params, shards: Path = SHARDS_DIR, base: Path = PRETRAINED_DIR
     live.end()
     report.update({
         "steps": config.steps, "resumed_from_step": start_step, "final_loss": loss_value,
-        "wall_seconds": wall, "samples_per_second": per_step * config.steps / wall,
         "training_rows": len(means), "ema": config.ema, "init": config.init,
         "mixed_precision": accelerator.mixed_precision,
     })
+    trained = config.steps - start_step
+    report["timings"] = {"wall_seconds": wall, "steps_this_run": trained,
+                         "samples_per_second": per_step * trained / wall if trained else None}
     return report
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """A GPU's OutOfMemoryError, or the CPU allocator's plain RuntimeError saying the same."""
+    if isinstance(error, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    message = str(error)
+    return "DefaultCPUAllocator" in message or "can't allocate memory" in message
 
 
 def _with_ema(unet, ema: EMA | None):
@@ -377,17 +411,14 @@ def _with_ema(unet, ema: EMA | None):
     return averaged
 
 
+@stage_main("train")
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", default=str(params_module.PARAMS_YAML))
     args = parser.parse_args(argv)
-    try:
-        report = train(params_module.load(args.params))
-    except TrainingError as error:
-        print(f"train: {error}", file=sys.stderr)
-        sys.exit(1)
-    with atomic_path(METRICS) as tmp:
-        tmp.write_text(json.dumps(report, indent=2) + "\n")
+    report = train(params_module.load(args.params))
+    write_json(TIMINGS_DIR / "train.json", report.pop("timings"))
+    write_json(METRICS, report)
     print(json.dumps(report, indent=2), file=sys.stderr)
 
 

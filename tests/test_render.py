@@ -1,4 +1,9 @@
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -6,9 +11,11 @@ import pytest
 import soundfile as sf
 import torch
 
-from conftest import build_subset, render_into
+from pipeline.params import render_profile
 from pipeline.shards import ShardError, iter_batches, read_spec, shard_files
 from pipeline.spectrogram import image_to_log_mel, log_mel_to_image, waveform_to_log_mel
+
+from conftest import ROOT, build_subset, render_into
 
 
 @pytest.fixture(scope="module")
@@ -150,3 +157,121 @@ def test_standard_readers(rendered):
     first = dataset[0]
     assert first["image"].size == (64, 64) and len(first["log_mel"]) == 128 * 128
     assert pq.read_table(files[0]).num_rows == pq.read_metadata(files[0]).num_rows
+
+
+def shard_of(shards, split, row_id):
+    """The shard file holding ``row_id``."""
+    return next(f for f in shard_files(split, shards)
+                if row_id in pq.read_table(f, columns=["id"]).column("id").to_pylist())
+
+
+def test_a_changed_clip_rerenders_its_shard(tmp_path, ontology):
+    """Same ids and paths, other audio (another source.seed, a replaced recording, a clip
+    downloaded again): the shard holding it must not be reused."""
+    params = build_subset(tmp_path, ontology)
+    render_into(tmp_path, params)
+    index = pq.read_table(tmp_path / "subset" / "index.parquet").to_pandas()
+    row = index[(index.split == "train") & ~index.is_mixture].iloc[0]
+    clip = tmp_path / "raw" / row.paths[0]
+    other = tmp_path / "raw" / index[(index.target != row.target) & ~index.is_mixture].iloc[0].paths[0]
+    clip.write_bytes(other.read_bytes())
+    users = index[index.paths.map(lambda paths: row.paths[0] in paths)]  # mixtures too
+    touched = {shard_of(tmp_path / "shards", u.split, u.id) for u in users.itertuples()}
+    report = render_into(tmp_path, params)
+    assert report["shards_reused"] == report["shards"] - len(touched)
+    audio, _ = sf.read(clip, dtype="float32")
+    expected = waveform_to_log_mel(torch.from_numpy(audio), params.spec).numpy()
+    _, stored = rows_by_id(tmp_path / "shards", "train")[row.id]
+    assert np.abs(stored - expected).max() <= 0.05
+
+
+def test_a_damaged_shard_is_rendered_again(tmp_path, ontology):
+    params = build_subset(tmp_path, ontology)
+    render_into(tmp_path, params)
+    shard = shard_files("train", tmp_path / "shards")[0]
+    intact = shard.read_bytes()
+    damaged = bytearray(intact)
+    middle = len(damaged) // 2
+    damaged[middle:middle + 64] = bytes(b ^ 0xFF for b in damaged[middle:middle + 64])
+    shard.write_bytes(bytes(damaged))  # the footer, and so the fingerprint, still read fine
+    report = render_into(tmp_path, params)
+    assert report["shards_reused"] == report["shards"] - 1
+    assert shard.read_bytes() == intact
+    record = json.loads(shard.with_suffix(".json").read_text())
+    assert record["file"] == shard.name and len(record["sha256"]) == 64
+
+
+def test_changed_render_code_rerenders_everything(tmp_path, ontology, monkeypatch):
+    import pipeline.render
+
+    params = build_subset(tmp_path, ontology)
+    render_into(tmp_path, params)
+    monkeypatch.setattr(pipeline.render, "code_digest", lambda module: "edited render code")
+    assert render_into(tmp_path, params)["shards_reused"] == 0
+
+
+def test_non_finite_audio_is_a_recorded_skip(tmp_path, ontology):
+    params = build_subset(tmp_path, ontology)
+    clips = tmp_path / "raw" / "clips"
+    nan = np.full(160_000, 0.1, np.float32)
+    nan[1000] = np.nan
+    # a float WAV under the clip's name: soundfile reads it whatever the suffix says
+    sf.write(clips / "syn-00-0000.flac", nan, 16_000, format="WAV", subtype="FLOAT")
+    sf.write(clips / "syn-00-0001.flac", np.full(160_000, np.inf, np.float32), 16_000,
+             format="WAV", subtype="FLOAT")
+    report = render_into(tmp_path, params)
+    reasons = {s["id"]: s["reason"] for s in report["skipped"]}
+    assert reasons["syn-00-0000"] == reasons["syn-00-0001"] == "non-finite samples (NaN or inf)"
+    for split in ("train", "val", "test"):
+        for batch in iter_batches(split, ["id", "source_ids", "log_mel"], root=tmp_path / "shards"):
+            assert np.isfinite(batch["log_mel"]).all()
+            used = {i for ids in batch["source_ids"] for i in ids}  # mixtures included
+            assert not used & {"syn-00-0000", "syn-00-0001"}
+
+
+def test_a_killed_render_leaves_no_worker(tmp_path, ontology):
+    params = build_subset(tmp_path / "data", ontology)
+    assert params.render.workers == 2
+    (tmp_path / "params.yaml").write_text(render_profile("tiny"))
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    render = subprocess.Popen([sys.executable, "-m", "pipeline.render"], cwd=tmp_path, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    orphans: set[str] = set()
+
+    def workers() -> list[int]:
+        found = []
+        for entry in os.listdir("/proc"):
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    cmdline = f.read()
+                with open(f"/proc/{entry}/stat") as f:
+                    parent = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            # the stage's, or orphans: reparented to init (or a subreaper) once it died
+            if b"spawn_main" in cmdline and (parent == render.pid or entry in orphans):
+                found.append(int(entry))
+        return found
+
+    deadline = time.monotonic() + 60
+    while len(workers()) < 2 and render.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    started = workers()
+    assert len(started) == 2, "render's workers never started"
+    orphans.update(map(str, started))
+    render.send_signal(signal.SIGKILL)
+    render.wait()
+    deadline = time.monotonic() + 60
+    while any(os.path.exists(f"/proc/{pid}") and not _is_zombie(pid) for pid in started) \
+            and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [pid for pid in started if os.path.exists(f"/proc/{pid}") and not _is_zombie(pid)]
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
