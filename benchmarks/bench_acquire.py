@@ -15,11 +15,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from pipeline.acquire import acquire
-from pipeline.download import DownloadSettings, Section, ytdlp_options
-from pipeline.ffmpeg_binary import ffmpeg_executable
 from pipeline.ontology import Ontology
 from pipeline.params import parse
+from pipeline.sources.download import DownloadSettings, Section, ytdlp_options
+from pipeline.sources.ffmpeg_binary import ffmpeg_executable
+from pipeline.stages.acquire import acquire
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from media_server import MediaServer, make_media, write_segments  # the tests' stand-in server

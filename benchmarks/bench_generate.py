@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.generate import generate_images, image_to_audio, load_generator
-from pipeline.models import read_model_spec
+from pipeline.audio.spectrogram import log_mel_to_waveform, waveform_to_log_mel, width_for_seconds
+from pipeline.models.diffusion import read_model_spec
+from pipeline.models.generate import generate_images, image_to_audio, load_generator
 from pipeline.params import load
-from pipeline.spectrogram import log_mel_to_waveform, waveform_to_log_mel, width_for_seconds
-from pipeline.synthetic import CATALOGUE, render_clip
+from pipeline.sources.synthetic import CATALOGUE, render_clip
 
 
 def timed(fn, repeats: int = 3) -> float:

@@ -13,8 +13,8 @@ import torch
 import torchaudio
 from PIL import Image
 
-from pipeline.spectrogram import SpectrogramSpec, log_mel_to_image, waveform_to_log_mel
-from pipeline.synthetic import CATALOGUE, render_clip
+from pipeline.audio.spectrogram import SpectrogramSpec, log_mel_to_image, waveform_to_log_mel
+from pipeline.sources.synthetic import CATALOGUE, render_clip
 
 
 def naive_render(clip: np.ndarray, spec: SpectrogramSpec) -> np.ndarray:

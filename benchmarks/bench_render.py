@@ -15,13 +15,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pipeline.acquire import acquire
-from pipeline.manifest import read_manifest
+from pipeline.audio.shards import iter_batches, shard_files
 from pipeline.ontology import Ontology
 from pipeline.params import parse
-from pipeline.render import render
-from pipeline.shards import iter_batches, shard_files
-from pipeline.subset import build_index, write_subset
+from pipeline.sources.manifest import read_manifest
+from pipeline.stages.acquire import acquire
+from pipeline.stages.render import render
+from pipeline.stages.subset import build_index, write_subset
 
 
 def main() -> None:

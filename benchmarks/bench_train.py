@@ -11,7 +11,7 @@ import time
 
 import torch
 
-from pipeline.models import build_unet, build_vae, diffusion_loss, noise_scheduler
+from pipeline.models.diffusion import build_unet, build_vae, diffusion_loss, noise_scheduler
 from pipeline.params import load
 
 

@@ -1,0 +1,16 @@
+"""specldm: a DVC pipeline that fine-tunes an image latent diffusion model on mel spectrograms.
+
+The package is split by role, so that the shape of the system shows in its folders.
+``stages/`` holds one module per DVC stage, named as in ``dvc.yaml`` (``python -m
+pipeline.stages.render`` is the ``render`` stage): each reads ``params.yaml`` and wires
+library parts together; no stage imports another, and the paths they share are in
+``paths.py``. ``sources/`` is where clips come from (synthetic, AudioSet through yt-dlp and
+its worker processes, local recordings) and the manifest all of them write. ``audio/`` owns
+every audio constant and conversion (``SpectrogramSpec``: waveform, log-mel, image) and the
+Parquet shards that carry them. ``models/`` holds the diffusion model's parts, generation,
+the evaluator network and checkpoints. Beside them: ``params.py`` (validated parameters),
+``errors.py`` (errors a user can act on), ``provenance.py`` (which code each stage runs),
+``files.py`` (atomic writes), ``ontology.py`` (AudioSet's classes), ``cli.py`` (the
+``specldm`` command). A new stage goes in ``stages/``, a new source in ``sources/``, a new
+network in ``models/``.
+"""

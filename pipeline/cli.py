@@ -33,10 +33,10 @@ def resolve_prompt(text: str, template: str) -> str:
 
 
 def generate(args) -> None:
+    from pipeline.audio.spectrogram import width_for_seconds
     from pipeline.errors import ModelError
-    from pipeline.generate import generate_images, image_to_audio, load_generator, save_png, save_wav
-    from pipeline.models import read_model_spec
-    from pipeline.spectrogram import width_for_seconds
+    from pipeline.models.diffusion import read_model_spec
+    from pipeline.models.generate import generate_images, image_to_audio, load_generator, save_png, save_wav
 
     model = Path(args.model)
     if not (model / "model_index.json").exists():

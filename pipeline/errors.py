@@ -16,6 +16,10 @@ class PipelineError(Exception):
     """Something the user can fix; the message says what and how."""
 
 
+class AcquireError(PipelineError):
+    """The source cannot deliver what params.yaml asks for."""
+
+
 class ModelError(PipelineError):
     """A model cannot be found, loaded or built; the message says how to provide it."""
 

@@ -14,9 +14,6 @@ import numpy as np
 import soundfile as sf
 
 TMP_SUFFIX = ".partial"
-# How long stages took. Apart from the tracked metrics, and git-ignored: timings differ
-# on every run, and reproducing must leave the repository as it was.
-TIMINGS_DIR = Path("metrics/timings")
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 

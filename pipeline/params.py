@@ -19,8 +19,8 @@ from pathlib import Path
 
 import yaml
 
+from pipeline.audio.spectrogram import SpecError, SpectrogramSpec
 from pipeline.errors import PipelineError
-from pipeline.spectrogram import SpecError, SpectrogramSpec
 
 # Relative to the working directory, as DVC runs every stage from the repository root.
 PARAMS_YAML = Path("params.yaml")
@@ -257,6 +257,7 @@ class PretrainParams:
     crop_size: int = 32  # VAE training crops; the U-Net trains at render.image_size
     learning_rate: float = 1e-3
     kl_weight: float = 1e-6
+    caption_dropout: float = 0.1  # as in fine-tuning: the unconditional score for guidance
 
     def __post_init__(self) -> None:
         for key in ("vae_steps", "unet_steps"):
@@ -266,6 +267,7 @@ class PretrainParams:
                  "must be a positive multiple of 8")
         _require(self.learning_rate > 0, "pretrain.learning_rate", "must be positive")
         _require(self.kl_weight >= 0, "pretrain.kl_weight", "must not be negative")
+        _require(0.0 <= self.caption_dropout < 1.0, "pretrain.caption_dropout", "must be within [0, 1)")
 
 
 @dataclass(frozen=True)

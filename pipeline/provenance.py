@@ -63,7 +63,7 @@ def closure(module: str) -> tuple[Path, ...]:
 
 
 def repo_relative(path: Path) -> str:
-    """``pipeline/render.py``: a closure file as dvc.yaml names it."""
+    """``pipeline/stages/render.py``: a closure file as dvc.yaml names it."""
     return path.relative_to(PACKAGE_DIR.parent).as_posix()
 
 

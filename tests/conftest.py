@@ -64,9 +64,9 @@ def tiny_params(**overrides):
 
 def build_subset(root, ontology, **overrides):
     """acquire (once per root) and subset into ``root/raw`` and ``root/subset``."""
-    from pipeline.acquire import acquire
-    from pipeline.manifest import read_manifest
-    from pipeline.subset import build_index, write_subset
+    from pipeline.sources.manifest import read_manifest
+    from pipeline.stages.acquire import acquire
+    from pipeline.stages.subset import build_index, write_subset
 
     params = tiny_params(**overrides)
     if not (root / "raw" / "manifest.parquet").exists():
@@ -77,7 +77,7 @@ def build_subset(root, ontology, **overrides):
 
 
 def render_into(root, params):
-    from pipeline.render import render
+    from pipeline.stages.render import render
 
     return render(params, root / "subset" / "index.parquet", root / "raw", root / "shards")
 
@@ -94,7 +94,7 @@ def tiny_shards(tmp_path_factory, ontology):
 @pytest.fixture(scope="session")
 def tiny_base(tmp_path_factory, tiny_shards):
     """A tiny image-pretrained base pipeline (a few steps: the format, not the quality)."""
-    from pipeline.pretrain import pretrain
+    from pipeline.stages.pretrain import pretrain
 
     path = tmp_path_factory.mktemp("base") / "pretrained"
     pretrain(tiny_shards[1], path)
@@ -104,8 +104,8 @@ def tiny_base(tmp_path_factory, tiny_shards):
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory, tiny_shards, tiny_base):
     """Fine-tuned model (6 steps, with checkpoints) and evaluator on the tiny shards."""
-    from pipeline.train import train
-    from pipeline.train_evaluator import train_evaluator
+    from pipeline.stages.train import train
+    from pipeline.stages.train_evaluator import train_evaluator
 
     shards, params = tiny_shards
     root = tmp_path_factory.mktemp("models")

@@ -17,7 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from pipeline.ffmpeg_binary import ffmpeg_executable
+from pipeline.sources.ffmpeg_binary import ffmpeg_executable
 
 CONTENT_TYPES = {".webm": "audio/webm", ".m4a": "audio/mp4", ".ogg": "audio/ogg"}
 

@@ -3,9 +3,10 @@ import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
 
-from pipeline.acquire import AcquireError, acquire, summary
-from pipeline.manifest import SCHEMA, read_manifest, write_manifest
+from pipeline.errors import AcquireError
 from pipeline.params import parse
+from pipeline.sources.manifest import SCHEMA, read_manifest, write_manifest
+from pipeline.stages.acquire import acquire, summary
 
 
 def tiny(**source):

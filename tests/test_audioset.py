@@ -12,12 +12,13 @@ import pytest
 import soundfile as sf
 import yaml
 
-from pipeline.acquire import acquire, clip_rules, summary
-from pipeline.audioset import clip_name, plan
-from pipeline.download import classify, is_retryable
-from pipeline.manifest import SCHEMA, AcquireError, read_manifest
+from pipeline.errors import AcquireError
 from pipeline.params import parse
-from pipeline.workers import WorkerPool, WorkerStartError
+from pipeline.sources.audioset import clip_name, plan
+from pipeline.sources.download import classify, is_retryable
+from pipeline.sources.manifest import SCHEMA, read_manifest
+from pipeline.sources.workers import WorkerPool, WorkerStartError
+from pipeline.stages.acquire import acquire, clip_rules, summary
 
 from conftest import ROOT, make_tiny_repo, run
 from media_server import MediaServer, make_media, write_segments
@@ -186,7 +187,7 @@ def test_a_killed_run_resumes_without_downloading_again(tmp_path, media, ontolog
         params = audioset_params(csv, server.url_template, workers=1)
         params_file = tmp_path / "params.yaml"
         params_file.write_text(yaml.safe_dump(params.to_dict()))
-        process = subprocess.Popen([sys.executable, "-m", "pipeline.acquire", "--params",
+        process = subprocess.Popen([sys.executable, "-m", "pipeline.stages.acquire", "--params",
                                     str(params_file), "--out", str(raw)], cwd=ROOT,
                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 120

@@ -10,11 +10,11 @@ import sys
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline.audio.shards import SPEC_KEY, read_spec, shard_files
+from pipeline.audio.spectrogram import SpecError
 from pipeline.errors import ModelError, PipelineError, stage_main
-from pipeline.models import load_pipeline, read_model_spec
+from pipeline.models.diffusion import load_pipeline, read_model_spec
 from pipeline.params import render_profile
-from pipeline.shards import SPEC_KEY, read_spec, shard_files
-from pipeline.spectrogram import SpecError
 
 from conftest import ROOT
 
@@ -54,7 +54,7 @@ def test_a_stage_reports_a_damaged_shard_in_one_line(tmp_path, tiny_shards):
     shard = shard_files("train", tmp_path / "data" / "shards")[0]
     with_spec_metadata(shard, shard, b"{}")
     (tmp_path / "params.yaml").write_text(render_profile("tiny"))
-    done = subprocess.run([sys.executable, "-m", "pipeline.train_evaluator"], cwd=tmp_path,
+    done = subprocess.run([sys.executable, "-m", "pipeline.stages.train_evaluator"], cwd=tmp_path,
                           env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True)
     assert done.returncode == 1
     assert done.stderr.strip().splitlines()[-1].startswith(f"train_evaluator: {shard.relative_to(tmp_path)}")

@@ -8,13 +8,13 @@ import torch
 from PIL import Image
 
 from pipeline import cli
-from pipeline.evaluate import EvaluatorExtractor, evaluate, fid_from_features, folder_features, kernel_distance
-from pipeline.evaluator import Evaluator
-from pipeline.generate import SCHEDULERS, load_generator
+from pipeline.audio.spectrogram import SpectrogramSpec, log_mel_to_grey, waveform_to_log_mel
+from pipeline.models.evaluator import Evaluator
+from pipeline.models.generate import SCHEDULERS, load_generator
 from pipeline.params import SCHEDULER_NAMES
-from pipeline.sample import sample
-from pipeline.spectrogram import SpectrogramSpec, log_mel_to_grey, waveform_to_log_mel
-from pipeline.synthetic import CATALOGUE, render_clip
+from pipeline.sources.synthetic import CATALOGUE, render_clip
+from pipeline.stages.evaluate import EvaluatorExtractor, evaluate, fid_from_features, folder_features, kernel_distance
+from pipeline.stages.sample import sample
 
 
 def class_images(name: str, count: int, spec: SpectrogramSpec, seed: int) -> np.ndarray:
@@ -119,8 +119,8 @@ def test_metrics_are_keyed_as_designed(evaluated):
 
 
 def test_accuracy_counts_what_the_evaluator_hears(tmp_path, tiny_shards, tiny_models):
-    from pipeline.evaluate import References, score_set
-    from pipeline.shards import read_split
+    from pipeline.audio.shards import read_split
+    from pipeline.stages.evaluate import References, score_set
 
     shards, _ = tiny_shards
     evaluator = Evaluator.load(tiny_models["evaluator"])

@@ -5,10 +5,11 @@ import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
 
-from pipeline.acquire import acquire
-from pipeline.clips import ClipRules, clip_windows
-from pipeline.manifest import SCHEMA, AcquireError, read_manifest
+from pipeline.errors import AcquireError
 from pipeline.params import parse
+from pipeline.sources.clips import ClipRules, clip_windows
+from pipeline.sources.manifest import SCHEMA, read_manifest
+from pipeline.stages.acquire import acquire
 
 DIAL, BUSY = "/m/015jpf", "/m/01z47d"
 
@@ -154,9 +155,9 @@ def test_clip_windows(seconds, short, long, windows):
 def test_a_replaced_recording_is_rendered_anew(tmp_path, ontology):
     """`dvc repro -f acquire` after replacing a recording: the new audio reaches the shards,
     though the clip keeps its id and path."""
-    from pipeline.render import render
-    from pipeline.shards import read_split
-    from pipeline.subset import build_index, write_subset
+    from pipeline.audio.shards import read_split
+    from pipeline.stages.render import render
+    from pipeline.stages.subset import build_index, write_subset
 
     folder = tmp_path / "audio"
     folder.mkdir()

@@ -7,10 +7,11 @@ import pytest
 import torch
 from diffusers import StableDiffusionPipeline
 
-from pipeline import train as train_module
-from pipeline.models import ModelError, drop_captions, images_to_unit, load_pipeline, materialise_base
-from pipeline.shards import iter_batches
-from pipeline.train import TrainingError, micro_batch_rows, train
+from pipeline.audio.shards import iter_batches
+from pipeline.models.checkpoints import CheckpointError
+from pipeline.models.diffusion import ModelError, drop_captions, load_pipeline, materialise_base, uint8_to_pm1
+from pipeline.stages import train as train_module
+from pipeline.stages.train import TrainingError, micro_batch_rows, train
 
 from conftest import tiny_params
 
@@ -76,7 +77,7 @@ def test_resume_after_a_kill_reaches_the_same_weights(tmp_path, tiny_shards, tin
     run_train(tmp_path / "straight", shards, tiny_base)
 
     calls = {"n": 0}
-    real_loss = train_module.diffusion_loss
+    real_loss = train_module.diffusion_training_loss
 
     def dies_at_step_five(*args, **kwargs):
         calls["n"] += 1
@@ -84,11 +85,11 @@ def test_resume_after_a_kill_reaches_the_same_weights(tmp_path, tiny_shards, tin
             raise KeyboardInterrupt("killed")
         return real_loss(*args, **kwargs)
 
-    monkeypatch.setattr(train_module, "diffusion_loss", dies_at_step_five)
+    monkeypatch.setattr(train_module, "diffusion_training_loss", dies_at_step_five)
     with pytest.raises(KeyboardInterrupt):
         run_train(tmp_path / "killed", shards, tiny_base)
     assert not (tmp_path / "killed" / "finetuned").exists()
-    monkeypatch.setattr(train_module, "diffusion_loss", real_loss)
+    monkeypatch.setattr(train_module, "diffusion_training_loss", real_loss)
     _, report = run_train(tmp_path / "killed", shards, tiny_base)
     assert report["resumed_from_step"] == 4
     straight = unet_weights(tmp_path / "straight" / "finetuned")
@@ -99,7 +100,7 @@ def test_resume_after_a_kill_reaches_the_same_weights(tmp_path, tiny_shards, tin
 
 def test_nan_loss_stops_with_the_last_good_checkpoint(tmp_path, tiny_shards, tiny_base, monkeypatch):
     shards, _ = tiny_shards
-    real_loss = train_module.diffusion_loss
+    real_loss = train_module.diffusion_training_loss
     calls = {"n": 0}
 
     def nan_at_step_three(*args, **kwargs):
@@ -107,7 +108,7 @@ def test_nan_loss_stops_with_the_last_good_checkpoint(tmp_path, tiny_shards, tin
         loss = real_loss(*args, **kwargs)
         return loss * float("nan") if calls["n"] == 3 else loss
 
-    monkeypatch.setattr(train_module, "diffusion_loss", nan_at_step_three)
+    monkeypatch.setattr(train_module, "diffusion_training_loss", nan_at_step_three)
     with pytest.raises(TrainingError, match="loss became nan at step 3.*step-000002"):
         run_train(tmp_path, shards, tiny_base)
     assert (tmp_path / "checkpoints" / "step-000002" / "checkpoint.json").exists()
@@ -122,8 +123,8 @@ def test_training_images_are_the_shard_images_unflipped(tiny_shards, tiny_base):
     train_module.cache_posteriors(vae, shards, 5, "cpu")
     fed = torch.cat(seen)
     stored = np.concatenate([b["image"] for b in iter_batches("train", ["image"], root=shards)])
-    assert torch.equal(fed, images_to_unit(stored))
-    assert not torch.equal(fed, images_to_unit(stored[:, :, ::-1].copy()))  # a flip would show
+    assert torch.equal(fed, uint8_to_pm1(stored))
+    assert not torch.equal(fed, uint8_to_pm1(stored[:, :, ::-1].copy()))  # a flip would show
 
 
 def test_empty_training_split_is_a_clear_error(tmp_path, tiny_shards, tiny_base):
@@ -209,7 +210,7 @@ def test_a_damaged_checkpoint_stops_with_the_folder_to_delete(tmp_path, tiny_sha
     run_train(tmp_path, shards, tiny_base)
     state = tmp_path / "checkpoints" / "step-000006" / "state" / "state.safetensors"
     state.write_bytes(state.read_bytes()[:100])
-    with pytest.raises(TrainingError, match=r"not a readable training state.*delete .*step-000006"):
+    with pytest.raises(CheckpointError, match=r"not a readable training state.*delete .*step-000006"):
         run_train(tmp_path, shards, tiny_base)
 
 
@@ -220,7 +221,7 @@ def test_running_out_of_cpu_memory_gets_advice(tmp_path, tiny_shards, tiny_base,
         raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't "
                            "allocate memory: you tried to allocate 8589934592 bytes. Error code 12")
 
-    monkeypatch.setattr(train_module, "diffusion_loss", no_memory)
+    monkeypatch.setattr(train_module, "diffusion_training_loss", no_memory)
     with pytest.raises(TrainingError, match=r"out of memory at train\.batch_size=4: lower train\.batch_size"):
         run_train(tmp_path, shards, tiny_base)
 

@@ -1,6 +1,7 @@
 import pytest
 
-from pipeline.ontology import META_DIR, OntologyError, read_class_labels, read_segments
+from pipeline.ontology import META_DIR, OntologyError, read_class_labels
+from pipeline.sources.segments import read_segments
 
 
 def test_counts_from_the_official_files(ontology):

@@ -24,12 +24,12 @@ def test_dvc_yaml_lists_exactly_the_code_each_stage_runs():
 
 
 def test_the_closure_follows_imports_through_other_modules():
-    sample = {repo_relative(p) for p in closure("pipeline.sample")}
+    sample = {repo_relative(p) for p in closure("pipeline.stages.sample")}
     # sample -> generate -> spectrogram (Griffin-Lim): the case that used to leave WAVs stale
-    assert {"pipeline/__init__.py", "pipeline/generate.py", "pipeline/spectrogram.py"} <= sample
-    assert "pipeline/acquire.py" not in sample
-    acquire = {repo_relative(p) for p in closure("pipeline.acquire")}
-    assert "pipeline/download.py" in acquire  # the download workers' module
+    assert {"pipeline/__init__.py", "pipeline/models/generate.py", "pipeline/audio/spectrogram.py"} <= sample
+    assert "pipeline/stages/acquire.py" not in sample
+    acquire = {repo_relative(p) for p in closure("pipeline.stages.acquire")}
+    assert "pipeline/sources/download.py" in acquire  # the download workers' module
 
 
 def test_the_code_digest_changes_with_any_file_of_the_closure(monkeypatch, tmp_path):
@@ -44,15 +44,16 @@ def test_the_code_digest_changes_with_any_file_of_the_closure(monkeypatch, tmp_p
     def digests():
         provenance.closure.cache_clear()
         provenance.code_digest.cache_clear()
-        return code_digest("pipeline.sample"), code_digest("pipeline.acquire")
+        return code_digest("pipeline.stages.sample"), code_digest("pipeline.stages.acquire")
 
     try:
         sample, acquire = digests()
-        spectrogram = copy / "spectrogram.py"
+        spectrogram = copy / "audio" / "spectrogram.py"
         spectrogram.write_text(spectrogram.read_text() + "\n# a different Griffin-Lim, say\n")
         edited_sample, edited_acquire = digests()
         assert edited_sample != sample and edited_acquire != acquire  # both run spectrogram.py
-        (copy / "download.py").write_text((copy / "download.py").read_text() + "\n# another retry rule\n")
+        download = copy / "sources" / "download.py"
+        download.write_text(download.read_text() + "\n# another retry rule\n")
         assert digests() == (edited_sample, digests()[1]) and digests()[1] != edited_acquire
     finally:
         provenance.closure.cache_clear()

@@ -11,9 +11,9 @@ import pytest
 import soundfile as sf
 import torch
 
+from pipeline.audio.shards import ShardError, iter_batches, read_spec, shard_files
+from pipeline.audio.spectrogram import image_to_log_mel, log_mel_to_image, waveform_to_log_mel
 from pipeline.params import render_profile
-from pipeline.shards import ShardError, iter_batches, read_spec, shard_files
-from pipeline.spectrogram import image_to_log_mel, log_mel_to_image, waveform_to_log_mel
 
 from conftest import ROOT, build_subset, render_into
 
@@ -115,8 +115,8 @@ def test_resume_after_a_kill_redoes_only_unfinished_shards(tmp_path, ontology):
 
 
 def test_shards_of_an_older_layout_are_rewritten(tmp_path, ontology, monkeypatch):
-    import pipeline.render
-    from pipeline.shards import shard_schema
+    import pipeline.stages.render
+    from pipeline.audio.shards import shard_schema
 
     params = build_subset(tmp_path, ontology)
     render_into(tmp_path, params)
@@ -126,7 +126,7 @@ def test_shards_of_an_older_layout_are_rewritten(tmp_path, ontology, monkeypatch
         index = schema.get_field_index("image")
         return schema.set(index, schema.field(index).with_nullable(False))
 
-    monkeypatch.setattr(pipeline.render, "shard_schema", other_layout)
+    monkeypatch.setattr(pipeline.stages.render, "shard_schema", other_layout)
     assert render_into(tmp_path, params)["shards_reused"] == 0
 
 
@@ -202,11 +202,11 @@ def test_a_damaged_shard_is_rendered_again(tmp_path, ontology):
 
 
 def test_changed_render_code_rerenders_everything(tmp_path, ontology, monkeypatch):
-    import pipeline.render
+    import pipeline.stages.render
 
     params = build_subset(tmp_path, ontology)
     render_into(tmp_path, params)
-    monkeypatch.setattr(pipeline.render, "code_digest", lambda module: "edited render code")
+    monkeypatch.setattr(pipeline.stages.render, "code_digest", lambda module: "edited render code")
     assert render_into(tmp_path, params)["shards_reused"] == 0
 
 
@@ -234,7 +234,7 @@ def test_a_killed_render_leaves_no_worker(tmp_path, ontology):
     assert params.render.workers == 2
     (tmp_path / "params.yaml").write_text(render_profile("tiny"))
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    render = subprocess.Popen([sys.executable, "-m", "pipeline.render"], cwd=tmp_path, env=env,
+    render = subprocess.Popen([sys.executable, "-m", "pipeline.stages.render"], cwd=tmp_path, env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     orphans: set[str] = set()

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from pipeline.spectrogram import (
+from pipeline.audio.spectrogram import (
     SpecError,
     SpectrogramSpec,
     check_image_size,

@@ -3,10 +3,9 @@ from collections import Counter
 import numpy as np
 import torch
 
-from pipeline.acquire import plan_synthetic
+from pipeline.audio.spectrogram import SpectrogramSpec, waveform_to_log_mel
 from pipeline.params import SourceParams
-from pipeline.spectrogram import SpectrogramSpec, waveform_to_log_mel
-from pipeline.synthetic import CATALOGUE, render_clip
+from pipeline.sources.synthetic import CATALOGUE, plan_synthetic, render_clip
 
 SPEC = SpectrogramSpec()
 DEFAULT = SourceParams()

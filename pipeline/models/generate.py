@@ -24,9 +24,9 @@ from diffusers import (
 )
 from PIL import Image
 
+from pipeline.audio.spectrogram import SpectrogramSpec, check_image_size, image_to_log_mel, log_mel_to_waveform
 from pipeline.files import atomic_path
-from pipeline.models import ModelError, load_pipeline
-from pipeline.spectrogram import SpectrogramSpec, check_image_size, image_to_log_mel, log_mel_to_waveform
+from pipeline.models.diffusion import ModelError, load_pipeline
 
 SCHEDULERS = {
     "dpm++": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++"}),

@@ -9,15 +9,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import soundfile as sf
 
-from pipeline.errors import PipelineError
 from pipeline.files import atomic_path
 
 STATUSES = ("ok", "failed", "pending")
 CLIPS_SUBDIR = "clips"  # beside the manifest; every row's path starts with it
-
-
-class AcquireError(PipelineError, RuntimeError):
-    """The source cannot deliver what params.yaml asks for."""
 
 SCHEMA = pa.schema([
     pa.field("id", pa.string(), nullable=False),
@@ -83,7 +78,7 @@ def write_manifest(rows: list[dict], path: Path | str) -> pa.Table:
 def _read_table(path: Path | str) -> pa.Table:
     table = pq.read_table(path)
     if not table.schema.equals(SCHEMA, check_metadata=False):
-        raise ValueError(f"{path}: manifest schema differs from pipeline.manifest.SCHEMA; "
+        raise ValueError(f"{path}: manifest schema differs from pipeline.sources.manifest.SCHEMA; "
                          "re-run `dvc repro acquire`")
     return table
 

@@ -1,6 +1,6 @@
 """One AudioSet section through yt-dlp: download it, decode it to 16 kHz mono, check it, and
-write it as a FLAC clip. ``python -m pipeline.download`` is the worker process
-:mod:`pipeline.workers` runs: settings, then one section a line, as JSON on stdin; one outcome
+write it as a FLAC clip. ``python -m pipeline.sources.download`` is the worker process
+:mod:`pipeline.sources.workers` runs: settings, then one section a line, as JSON on stdin; one outcome
 a line on stdout. It imports neither torch nor the params module, so it starts in well under
 a second.
 """
@@ -20,40 +20,41 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.clips import ClipRejected, ClipRules, make_clip
 from pipeline.files import write_flac
-from pipeline.workers import die_with_parent
+from pipeline.processes import die_with_parent
+from pipeline.sources.clips import ClipRejected, ClipRules, make_clip
 
 # A decoded section may be this much shorter than asked for (codec priming, a cut that lands
 # between two packets); anything shorter means the video ends inside the segment.
 DURATION_TOLERANCE_SECONDS = 0.1
 
-# error_kind -> whether trying again later can help. The issue's rule: retry timeouts,
-# 429/5xx and broken connections, never what the video's owner or YouTube decided.
+# error_kind -> (whether trying again later can help, what it means). The rule: retry
+# timeouts, 429/5xx and broken connections, never what the video's owner or YouTube decided.
+# docs/sources.md shows this table (tests/test_docs.py keeps the two equal).
 ERROR_KINDS = {
-    "timeout": True,
-    "rate_limited": True,  # HTTP 429
-    "server_error": True,  # HTTP 5xx
-    "connection": True,  # refused, reset, DNS
-    "bot_check": True,  # "Sign in to confirm you're not a bot": wait, or give download.cookies
-    "ffmpeg_failed": True,  # mostly a stream that broke off mid-section
-    "worker_crashed": True,
-    "not_found": False,  # HTTP 404 / 410
-    "http_error": False,  # any other 4xx
-    "private": False,
-    "unavailable": False,  # removed, terminated account, "Video unavailable"
-    "region_blocked": False,
-    "age_restricted": False,  # needs download.cookies of a signed-in adult
-    "members_only": False,
-    "no_audio": False,  # no format with an audio stream
-    "undecodable": False,
-    "short_section": False,  # the video ends inside the segment
-    "too_short": False,  # segment shorter than a clip and source.short_clips: reject
-    "silent": False,
-    "non_finite": False,  # NaN or infinite samples
-    "invalid_id": False,
-    "unknown_label": False,
-    "other": False,  # anything unrecognised: the message is kept; --retry-failed retries it
+    "timeout": (True, "no result within download.timeout_seconds"),
+    "rate_limited": (True, "HTTP 429"),
+    "server_error": (True, "HTTP 5xx"),
+    "connection": (True, "refused, reset, DNS"),
+    "bot_check": (True, "'confirm you're not a bot': wait, or give download.cookies"),
+    "ffmpeg_failed": (True, "mostly a stream that broke off mid-section"),
+    "worker_crashed": (True, "the download process died"),
+    "not_found": (False, "HTTP 404 or 410"),
+    "http_error": (False, "any other HTTP 4xx"),
+    "private": (False, "a private video"),
+    "unavailable": (False, "removed, terminated account, 'Video unavailable'"),
+    "region_blocked": (False, "not available in this country"),
+    "age_restricted": (False, "needs download.cookies of a signed-in adult"),
+    "members_only": (False, "for channel members"),
+    "no_audio": (False, "no format with an audio stream"),
+    "undecodable": (False, "ffmpeg cannot decode it ('Invalid data found ...')"),
+    "short_section": (False, "the video ends inside the segment"),
+    "too_short": (False, "under half a clip, or shorter than one with source.short_clips: reject"),
+    "silent": (False, "RMS below source.min_rms_db"),
+    "non_finite": (False, "NaN or infinite samples"),
+    "invalid_id": (False, "not an 11-character YouTube id; never requested"),
+    "unknown_label": (False, "a label id the ontology does not know; never requested"),
+    "other": (False, "anything unrecognised: the message is kept; --retry-failed retries it"),
 }
 
 # Checked in order against yt-dlp's message once the HTTP status (if any) has been looked at.
@@ -82,7 +83,7 @@ _MESSAGE_KINDS = [
 
 
 def is_retryable(kind: str | None) -> bool:
-    return ERROR_KINDS.get(kind, False)
+    return ERROR_KINDS.get(kind, (False, ""))[0]
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,7 @@ class DownloadSettings:
     clips_dir: str
     work_dir: str
     rules: ClipRules
-    ffmpeg: str  # the binary's path, see pipeline.ffmpeg_binary
+    ffmpeg: str  # the binary's path, see pipeline.sources.ffmpeg_binary
     socket_timeout: float = 30.0
     cookies: str = ""
     proxy: str = ""
@@ -126,7 +127,7 @@ class Outcome:
 
 
 def ytdlp_options(section: Section, settings: DownloadSettings, out_dir: Path, logger) -> dict:
-    """Everything handed to ``yt_dlp.YoutubeDL`` for one section (quoted in the README)."""
+    """Everything handed to ``yt_dlp.YoutubeDL`` for one section (docs/sources.md shows it)."""
     from yt_dlp.utils import download_range_func
 
     options = {

@@ -21,14 +21,12 @@ from diffusers import UNet2DConditionModel
 from tqdm import tqdm
 
 from pipeline import params as params_module
+from pipeline.audio.shards import read_spec, read_split, shard_files
 from pipeline.errors import stage_main
-from pipeline.generate import generate_images, image_to_audio, load_generator, save_png, save_wav
+from pipeline.models.checkpoints import checkpoints
+from pipeline.models.generate import generate_images, image_to_audio, load_generator, save_png, save_wav
 from pipeline.params import Params, SampleParams, format_resolution, parse_resolution
-from pipeline.shards import SHARDS_DIR, read_spec, read_split, shard_files
-from pipeline.train import CHECKPOINT_DIR, checkpoints
-
-MODELS = {"pretrained": Path("models/pretrained"), "finetuned": Path("models/finetuned")}
-SAMPLES_DIR = Path("data/samples")
+from pipeline.paths import CHECKPOINT_DIR, MODELS, SAMPLES_DIR, SHARDS_DIR
 
 
 def slug(name: str) -> str:

@@ -32,15 +32,14 @@ import torch
 from tqdm import tqdm
 
 from pipeline import params as params_module
+from pipeline.audio.shards import encode_png, read_fingerprint, shard_schema
+from pipeline.audio.spectrogram import SpectrogramSpec, log_mel_to_grey, waveform_to_log_mel
 from pipeline.errors import stage_main
 from pipeline.files import atomic_path, remove_partials, sha256_file, write_json
+from pipeline.paths import RAW_DIR, SHARDS_DIR, SPLITS, SUBSET_DIR
+from pipeline.processes import die_with_parent
 from pipeline.provenance import code_digest
-from pipeline.shards import SHARDS_DIR, encode_png, read_fingerprint, shard_schema
-from pipeline.spectrogram import SpectrogramSpec, log_mel_to_grey, waveform_to_log_mel
-from pipeline.subset import SPLITS, SUBSET_DIR
-from pipeline.workers import die_with_parent
 
-RAW_DIR = Path("data/raw")
 MIN_FRACTION = 0.9  # shorter audio than this fraction of a clip is "truncated"
 
 
@@ -134,7 +133,7 @@ def record_path(shard: Path) -> Path:
 def write_record(shard: Path) -> None:
     """Written after the shard: a run killed in between leaves a shard without a matching
     record, which the next run renders again."""
-    record = {"file": shard.name, "sha256": sha256_file(shard), "code": code_digest("pipeline.render")}
+    record = {"file": shard.name, "sha256": sha256_file(shard), "code": code_digest("pipeline.stages.render")}
     write_json(record_path(shard), record)
 
 
@@ -145,7 +144,7 @@ def is_reusable(task: ShardTask) -> bool:
         record = json.loads(record_path(task.path).read_text())
     except (OSError, ValueError):
         return False
-    return (isinstance(record, dict) and record.get("code") == code_digest("pipeline.render")
+    return (isinstance(record, dict) and record.get("code") == code_digest("pipeline.stages.render")
             and read_fingerprint(task.path) == task.fingerprint
             and record.get("sha256") == sha256_file(task.path))
 

@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 
+from pipeline.audio.spectrogram import SpectrogramSpec
 from pipeline.errors import ModelError
 from pipeline.files import write_json
-from pipeline.spectrogram import SpectrogramSpec
 
 TINY = "tiny"
 SPEC_FILE = "spectrogram_spec.json"
@@ -207,7 +207,7 @@ def caption_embeddings(pipe: StableDiffusionPipeline, captions: list[str]) -> di
     return states
 
 
-def images_to_unit(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+def uint8_to_pm1(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     """uint8 grey ``(B, H, W)`` or RGB ``(B, 3, H, W)`` -> float RGB in [-1, 1], as the VAE takes."""
     images = torch.as_tensor(np.asarray(images))
     if images.ndim == 3:
@@ -215,10 +215,10 @@ def images_to_unit(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     return images.float() / 127.5 - 1.0
 
 
-def unit_to_grey(images: torch.Tensor) -> np.ndarray:
+def pm1_to_uint8_grey(images: torch.Tensor) -> np.ndarray:
     """VAE output in [-1, 1] ``(B, 3, H, W)`` -> uint8 grey ``(B, H, W)`` (channel mean)."""
-    unit = ((images.float().clamp(-1, 1) + 1) * 127.5).mean(dim=1)
-    return unit.round().to(torch.uint8).numpy()
+    grey = ((images.float().clamp(-1, 1) + 1) * 127.5).mean(dim=1)
+    return grey.round().to(torch.uint8).numpy()
 
 
 def diffusion_loss(unet, scheduler, latents: torch.Tensor, states: torch.Tensor,
@@ -252,3 +252,13 @@ def drop_captions(states: torch.Tensor, unconditional: torch.Tensor, rate: float
     dropped = torch.rand(len(states), generator=generator) < rate
     mixed = torch.where(dropped[:, None, None].to(states.device), unconditional.to(states), states)
     return mixed, dropped
+
+
+def diffusion_training_loss(unet, scheduler, latents: torch.Tensor, states: torch.Tensor,
+                            unconditional: torch.Tensor, caption_dropout: float,
+                            generator: torch.Generator, noise_offset: float = 0.0) -> torch.Tensor:
+    """The loss of one training step, as pre-training and fine-tuning both take it: each
+    row's caption dropped with probability ``caption_dropout`` (see :func:`drop_captions`),
+    then :func:`diffusion_loss`. All randomness comes from ``generator``, in that order."""
+    conditioning, _ = drop_captions(states, unconditional, caption_dropout, generator)
+    return diffusion_loss(unet, scheduler, latents, conditioning.to(latents.device), generator, noise_offset)

@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from pipeline.audio.spectrogram import SpectrogramSpec
 from pipeline.errors import ModelError
-from pipeline.spectrogram import SpectrogramSpec
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -40,18 +40,19 @@ class AudioClassifier(nn.Module):
         self.embed = nn.Sequential(nn.Linear(channels * (n_mels // 16), embedding_dim), nn.ReLU())
         self.classify = nn.Sequential(nn.Dropout(0.3), nn.Linear(embedding_dim, classes))
 
-    def embedding(self, unit_mels: torch.Tensor) -> torch.Tensor:
+    def embedding(self, mels_01: torch.Tensor) -> torch.Tensor:
         """``(B, n_mels, frames)`` log-mels scaled to [0, 1] -> ``(B, embedding_dim)``."""
-        maps = self.features(unit_mels.unsqueeze(1))  # (B, C, n_mels/16, frames/16)
+        maps = self.features(mels_01.unsqueeze(1))  # (B, C, n_mels/16, frames/16)
         return self.embed(maps.mean(dim=-1).flatten(1))
 
-    def forward(self, unit_mels: torch.Tensor) -> torch.Tensor:
-        return self.classify(self.embedding(unit_mels))
+    def forward(self, mels_01: torch.Tensor) -> torch.Tensor:
+        return self.classify(self.embedding(mels_01))
 
 
-def to_unit(log_mels: torch.Tensor | np.ndarray, spec: SpectrogramSpec) -> torch.Tensor:
-    unit = (torch.as_tensor(np.asarray(log_mels), dtype=torch.float32) - spec.min_db)
-    return unit / (spec.max_db - spec.min_db)
+def db_to_01(log_mels: torch.Tensor | np.ndarray, spec: SpectrogramSpec) -> torch.Tensor:
+    """Log-mels in dB -> [0, 1] over the spec's [min_db, max_db], as the classifier takes them."""
+    shifted = torch.as_tensor(np.asarray(log_mels), dtype=torch.float32) - spec.min_db
+    return shifted / (spec.max_db - spec.min_db)
 
 
 class Evaluator:
@@ -74,8 +75,8 @@ class Evaluator:
         return self._batched(self.model, log_mels, batch_size).argmax(axis=1)
 
     def _batched(self, fn, log_mels, batch_size: int) -> np.ndarray:
-        unit = to_unit(log_mels, self.spec)
-        return torch.cat([fn(unit[i:i + batch_size]) for i in range(0, len(unit), batch_size)]).numpy()
+        mels_01 = db_to_01(log_mels, self.spec)
+        return torch.cat([fn(mels_01[i:i + batch_size]) for i in range(0, len(mels_01), batch_size)]).numpy()
 
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
@@ -121,7 +122,7 @@ def train_classifier(log_mels: np.ndarray, labels: np.ndarray, classes: int, spe
             offset = int(torch.randint(0, frames - width + 1, (1,), generator=generator))
             gain = (torch.rand(len(rows), 1, 1, generator=generator) - 0.5) * 12.0
             crop = (data[rows, :, offset:offset + width] + gain).clamp(spec.min_db, spec.max_db)
-            loss = F.cross_entropy(model(to_unit(crop, spec)), targets[rows])
+            loss = F.cross_entropy(model(db_to_01(crop, spec)), targets[rows])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

@@ -20,10 +20,11 @@ from pathlib import Path
 import soundfile as sf
 from tqdm import tqdm
 
-from pipeline.clips import ClipRejected, ClipRules, check_finite, clip_windows, make_clip, resample, to_mono
+from pipeline.errors import AcquireError
 from pipeline.files import write_flac
-from pipeline.manifest import CLIPS_SUBDIR, AcquireError, mark_failed, mark_ok, new_row
 from pipeline.ontology import Ontology, OntologyError
+from pipeline.sources.clips import ClipRejected, ClipRules, check_finite, clip_windows, make_clip, resample, to_mono
+from pipeline.sources.manifest import CLIPS_SUBDIR, mark_failed, mark_ok, new_row
 
 SOURCE = "local"
 COLUMNS = ("path", "labels")

@@ -21,10 +21,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
+from pipeline.audio.spectrogram import SpectrogramSpec
 from pipeline.errors import PipelineError
-from pipeline.spectrogram import SpectrogramSpec
+from pipeline.paths import SHARDS_DIR
 
-SHARDS_DIR = Path("data/shards")
 SPEC_KEY = b"specldm.spectrogram_spec"
 FINGERPRINT_KEY = b"specldm.fingerprint"
 IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])

@@ -22,21 +22,15 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
-from pipeline.clips import ClipRules
-from pipeline.download import DownloadSettings, Section, is_retryable
-from pipeline.ffmpeg_binary import FfmpegMissing, ffmpeg_executable
-from pipeline.manifest import (
-    CLIPS_SUBDIR,
-    AcquireError,
-    mark_failed,
-    mark_ok,
-    new_row,
-    read_manifest_rows,
-    write_manifest,
-)
-from pipeline.ontology import YTID_PATTERN, Ontology, OntologyError, Segment, read_segments
+from pipeline.errors import AcquireError
+from pipeline.ontology import Ontology, OntologyError
 from pipeline.params import DownloadParams, SourceParams
-from pipeline.workers import WorkerPool, WorkerStartError
+from pipeline.sources.clips import ClipRules
+from pipeline.sources.download import DownloadSettings, Section, is_retryable
+from pipeline.sources.ffmpeg_binary import FfmpegMissing, ffmpeg_executable
+from pipeline.sources.manifest import CLIPS_SUBDIR, mark_failed, mark_ok, new_row, read_manifest_rows, write_manifest
+from pipeline.sources.segments import YTID_PATTERN, Segment, read_segments
+from pipeline.sources.workers import WorkerPool, WorkerStartError
 
 SOURCE = "audioset"
 WORK_SUBDIR = ".downloads"  # beside clips/; yt-dlp's files and the workers' logs
@@ -197,7 +191,7 @@ def download(rows: list[dict], raw_dir: Path, manifest: Path, settings: Download
     next_start = last_write = time.monotonic()
     bar = tqdm(total=len(todo), desc="acquire audioset", unit="clip", file=sys.stderr)
     try:
-        with WorkerPool("pipeline.download", settings.to_json(), min(options.workers, len(todo)),
+        with WorkerPool("pipeline.sources.download", settings.to_json(), min(options.workers, len(todo)),
                         options.timeout_seconds, Path(settings.work_dir)) as pool:
             while todo or waiting or pool.busy:
                 now = time.monotonic()

@@ -1,9 +1,9 @@
 """Stage ``acquire``: labelled 10 s clips -> ``data/raw/clips/*.flac`` + ``data/raw/manifest.parquet``.
 
 ``source.kind`` picks where clips come from: ``synthetic`` (the offline default) renders
-them from :mod:`pipeline.synthetic`, labelled with real ontology ids; ``audioset``
-downloads AudioSet segments (:mod:`pipeline.audioset`); ``local`` cuts your own
-recordings (:mod:`pipeline.local`). All three write the same manifest.
+them from :mod:`pipeline.sources.synthetic`, labelled with real ontology ids; ``audioset``
+downloads AudioSet segments (:mod:`pipeline.sources.audioset`); ``local`` cuts your own
+recordings (:mod:`pipeline.sources.local`). All three write the same manifest.
 """
 
 from __future__ import annotations
@@ -12,74 +12,21 @@ import argparse
 import signal
 import sys
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-from tqdm import tqdm
-
 from pipeline import params as params_module
-from pipeline.audioset import acquire_audioset
-from pipeline.clips import ClipRules
 from pipeline.errors import stage_main
-from pipeline.files import remove_partials, write_flac
-from pipeline.local import acquire_local
-from pipeline.manifest import CLIPS_SUBDIR, AcquireError, mark_ok, new_row, write_manifest
+from pipeline.files import remove_partials
 from pipeline.ontology import Ontology
 from pipeline.params import Params
-from pipeline.synthetic import CATALOGUE, SyntheticClass, render_clip
+from pipeline.paths import RAW_DIR
+from pipeline.sources.audioset import acquire_audioset
+from pipeline.sources.clips import ClipRules
+from pipeline.sources.local import acquire_local
+from pipeline.sources.manifest import CLIPS_SUBDIR, write_manifest
+from pipeline.sources.synthetic import acquire_synthetic
 
-RAW_DIR = Path("data/raw")
 MANIFEST_NAME = "manifest.parquet"
-
-
-@dataclass(frozen=True)
-class SyntheticClip:
-    id: str
-    cls: SyntheticClass
-    overlay: SyntheticClass | None
-    seed: tuple[int, int, int]
-
-
-def plan_synthetic(source: params_module.SourceParams, ontology: Ontology) -> list[SyntheticClip]:
-    """Which clips to render. Each clip's randomness comes from (seed, class, clip) alone,
-    so any clip can be regenerated independently and identically."""
-    if source.num_classes > len(CATALOGUE):
-        raise AcquireError(f"source.num_classes={source.num_classes}: the synthetic catalogue "
-                           f"has {len(CATALOGUE)} classes")
-    chosen = CATALOGUE[:source.num_classes]
-    parents = {c.name: set(ontology.parents(ontology.resolve(c.name))) for c in chosen}
-    clips = []
-    for class_index, cls in enumerate(chosen):
-        partners = [c for c in chosen if not parents[c.name] & parents[cls.name] and c is not cls]
-        for clip_index in range(source.clips_per_class):
-            seed = (source.seed, class_index, clip_index)
-            rng = np.random.default_rng(seed + (1,))
-            overlay = None
-            if partners and rng.random() < source.two_label_fraction:
-                overlay = partners[rng.integers(len(partners))]
-            clips.append(SyntheticClip(f"syn-{class_index:02d}-{clip_index:04d}", cls, overlay, seed))
-    return clips
-
-
-def acquire_synthetic(params: Params, raw_dir: Path, ontology: Ontology) -> list[dict]:
-    spec = params.spec
-    clips_dir = raw_dir / CLIPS_SUBDIR
-    rows = []
-    for clip in tqdm(plan_synthetic(params.source, ontology), desc="acquire synthetic",
-                     unit="clip", file=sys.stderr):
-        audio = render_clip(clip.cls, np.random.default_rng(clip.seed), spec.sample_rate,
-                            spec.clip_seconds, overlay=clip.overlay)
-        path = clips_dir / f"{clip.id}.flac"
-        write_flac(path, audio, spec.sample_rate)
-        labels = [ontology.resolve(clip.cls.name)]
-        if clip.overlay is not None:
-            labels.append(ontology.resolve(clip.overlay.name))
-        row = new_row(clip.id, "synthetic", clip.cls.recipe.__name__, labels, 0.0,
-                      spec.clip_seconds, f"{CLIPS_SUBDIR}/{path.name}")
-        row["attempts"] = 1
-        rows.append(mark_ok(row, path))
-    return rows
 
 
 def _remove_strays(clips_dir: Path, keep: set[str]) -> None:

@@ -1,4 +1,5 @@
-"""Procedural 10 s clips for AudioSet classes: the offline stand-in for YouTube.
+"""``source.kind: synthetic``: procedural 10 s clips for AudioSet classes, the offline
+stand-in for YouTube.
 
 Each class is a small recipe with real within-class variation (pitch, tempo, level,
 timing, onset, background noise), so a generative model has a distribution to learn
@@ -8,11 +9,20 @@ resolved to ontology ids at run time, so a typo cannot produce a fake label.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from scipy.signal import fftconvolve
+from tqdm import tqdm
+
+from pipeline.errors import AcquireError
+from pipeline.files import write_flac
+from pipeline.ontology import Ontology
+from pipeline.params import Params, SourceParams
+from pipeline.sources.manifest import CLIPS_SUBDIR, mark_ok, new_row
 
 Recipe = Callable[[np.random.Generator, np.ndarray, int], np.ndarray]
 
@@ -376,3 +386,54 @@ def _levelled(cls: SyntheticClass, rng: np.random.Generator, t: np.ndarray, sr: 
     onset = rng.uniform(0, 1.0)
     fade = np.clip((t - onset) / 0.01, 0, 1)
     return sound * fade
+
+
+# ---------------------------------------------------------------- the source
+
+@dataclass(frozen=True)
+class SyntheticClip:
+    id: str
+    cls: SyntheticClass
+    overlay: SyntheticClass | None
+    seed: tuple[int, int, int]
+
+
+def plan_synthetic(source: SourceParams, ontology: Ontology) -> list[SyntheticClip]:
+    """Which clips to render. Each clip's randomness comes from (seed, class, clip) alone,
+    so any clip can be regenerated independently and identically."""
+    if source.num_classes > len(CATALOGUE):
+        raise AcquireError(f"source.num_classes={source.num_classes}: the synthetic catalogue "
+                           f"has {len(CATALOGUE)} classes")
+    chosen = CATALOGUE[:source.num_classes]
+    parents = {c.name: set(ontology.parents(ontology.resolve(c.name))) for c in chosen}
+    clips = []
+    for class_index, cls in enumerate(chosen):
+        partners = [c for c in chosen if not parents[c.name] & parents[cls.name] and c is not cls]
+        for clip_index in range(source.clips_per_class):
+            seed = (source.seed, class_index, clip_index)
+            rng = np.random.default_rng(seed + (1,))
+            overlay = None
+            if partners and rng.random() < source.two_label_fraction:
+                overlay = partners[rng.integers(len(partners))]
+            clips.append(SyntheticClip(f"syn-{class_index:02d}-{clip_index:04d}", cls, overlay, seed))
+    return clips
+
+
+def acquire_synthetic(params: Params, raw_dir: Path, ontology: Ontology) -> list[dict]:
+    spec = params.spec
+    clips_dir = raw_dir / CLIPS_SUBDIR
+    rows = []
+    for clip in tqdm(plan_synthetic(params.source, ontology), desc="acquire synthetic",
+                     unit="clip", file=sys.stderr):
+        audio = render_clip(clip.cls, np.random.default_rng(clip.seed), spec.sample_rate,
+                            spec.clip_seconds, overlay=clip.overlay)
+        path = clips_dir / f"{clip.id}.flac"
+        write_flac(path, audio, spec.sample_rate)
+        labels = [ontology.resolve(clip.cls.name)]
+        if clip.overlay is not None:
+            labels.append(ontology.resolve(clip.overlay.name))
+        row = new_row(clip.id, "synthetic", clip.cls.recipe.__name__, labels, 0.0,
+                      spec.clip_seconds, f"{CLIPS_SUBDIR}/{path.name}")
+        row["attempts"] = 1
+        rows.append(mark_ok(row, path))
+    return rows

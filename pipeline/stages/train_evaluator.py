@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import params as params_module
+from pipeline.audio.shards import read_spec, read_split, shard_files
 from pipeline.errors import stage_main
-from pipeline.evaluator import Evaluator, train_classifier
 from pipeline.files import write_json
-from pipeline.shards import SHARDS_DIR, read_spec, read_split, shard_files
+from pipeline.models.evaluator import Evaluator, train_classifier
+from pipeline.paths import EVALUATOR_DIR, SHARDS_DIR
 
-EVALUATOR_DIR = Path("models/evaluator")
 METRICS = Path("metrics/evaluator.json")
 COLUMNS = ["log_mel", "target", "target_name", "is_mixture"]
 

@@ -22,26 +22,24 @@ from tqdm import tqdm
 
 from pipeline import params as params_module
 from pipeline.errors import stage_main
-from pipeline.files import TIMINGS_DIR, write_json
-from pipeline.models import (
+from pipeline.files import write_json
+from pipeline.models.diffusion import (
     TINY,
     assemble,
     build_unet,
     build_vae,
     caption_embeddings,
-    diffusion_loss,
-    drop_captions,
-    images_to_unit,
+    diffusion_training_loss,
     load_minilm,
     materialise_base,
     noise_scheduler,
     save_pipeline,
+    uint8_to_pm1,
 )
 from pipeline.params import Params
+from pipeline.paths import PRETRAINED_DIR, TIMINGS_DIR
 
-PRETRAINED_DIR = Path("models/pretrained")
 METRICS = Path("metrics/pretrain.json")
-CAPTION_DROPOUT = 0.1
 
 # Bundled photographs (file, what it shows). All ship inside the installed packages.
 SKIMAGE_PHOTOS = {
@@ -100,7 +98,7 @@ def train_vae(vae, photos, config: params_module.PretrainParams, rng: np.random.
     loss = torch.tensor(float("nan"))
     for _ in tqdm(range(config.vae_steps), desc="pretrain vae", unit="step", file=sys.stderr):
         crops, _ = random_crops(photos, config.crop_size, config.batch_size, rng)
-        images = images_to_unit(crops)
+        images = uint8_to_pm1(crops)
         posterior = vae.encode(images).latent_dist
         reconstruction = vae.decode(posterior.sample()).sample
         loss = (reconstruction - images).abs().mean() + config.kl_weight * posterior.kl().mean()
@@ -114,7 +112,7 @@ def train_vae(vae, photos, config: params_module.PretrainParams, rng: np.random.
 def encode_latents(vae, images: np.ndarray, batch_size: int = 32) -> torch.Tensor:
     """Scaled latent means (the VAE posterior's mode), batch by batch."""
     vae.eval()
-    chunks = [vae.encode(images_to_unit(images[i:i + batch_size])).latent_dist.mean
+    chunks = [vae.encode(uint8_to_pm1(images[i:i + batch_size])).latent_dist.mean
               for i in range(0, len(images), batch_size)]
     return torch.cat(chunks) * vae.config.scaling_factor
 
@@ -148,8 +146,8 @@ def pretrain_tiny(params: Params, out_dir: Path) -> dict:
     unet_loss = float("nan")
     for _ in tqdm(range(config.unet_steps), desc="pretrain unet", unit="step", file=sys.stderr):
         batch = torch.randint(0, len(latents), (config.batch_size,), generator=generator)
-        conditioning, _ = drop_captions(stacked[batch], states[""], CAPTION_DROPOUT, generator)
-        loss = diffusion_loss(unet, pipe.scheduler, latents[batch], conditioning, generator)
+        loss = diffusion_training_loss(unet, pipe.scheduler, latents[batch], stacked[batch], states[""],
+                                       config.caption_dropout, generator)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

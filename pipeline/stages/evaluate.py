@@ -33,16 +33,14 @@ from cleanfid.fid import frechet_distance, get_folder_features
 from PIL import Image, ImageDraw
 
 from pipeline import params as params_module
+from pipeline.audio.shards import read_spec, read_split, shard_files
+from pipeline.audio.spectrogram import SpectrogramSpec, image_to_log_mel, log_mel_to_grey
 from pipeline.errors import ModelError, stage_main
-from pipeline.evaluator import Evaluator, to_unit
 from pipeline.files import atomic_path
+from pipeline.models.evaluator import Evaluator, db_to_01
 from pipeline.params import Params, format_resolution, parse_resolution
-from pipeline.sample import MODELS, SAMPLES_DIR
-from pipeline.shards import SHARDS_DIR, read_spec, read_split, shard_files
-from pipeline.spectrogram import SpectrogramSpec, image_to_log_mel, log_mel_to_grey
-from pipeline.train_evaluator import EVALUATOR_DIR
+from pipeline.paths import EVALUATOR_DIR, METRICS_DIR, MODELS, SAMPLES_DIR, SHARDS_DIR
 
-METRICS_DIR = Path("metrics")
 INCEPTION_FILE = "inception-2015-12-05.pt"
 CLEANFID_CACHE = Path(tempfile.gettempdir()) / INCEPTION_FILE  # where clean-fid keeps it
 
@@ -82,7 +80,7 @@ class EvaluatorExtractor:
     def __call__(self, images):
         grey = images.mean(dim=1).round().clamp(0, 255).to(torch.uint8)
         log_mels = as_clips(grey, self.evaluator.spec)
-        return self.evaluator.model.embedding(to_unit(log_mels, self.evaluator.spec))
+        return self.evaluator.model.embedding(db_to_01(log_mels, self.evaluator.spec))
 
 
 def as_clips(grey: torch.Tensor, spec: SpectrogramSpec) -> torch.Tensor:

@@ -1,8 +1,9 @@
 """Stage ``train``: fine-tune the base model's U-Net on spectrogram shards -> ``models/finetuned/``.
 
-Reads top to bottom: load the base, optionally fine-tune the VAE decoder, cache one VAE
-posterior per training image, then the diffusion loop (accelerate; caption dropout for
-classifier-free guidance; EMA; checkpoints). No flips or crops touch the images: they
+:func:`train` reads top to bottom: load the base, adapt the VAE (optionally fine-tune its
+decoder), encode the training set once (a VAE posterior per image), start or resume the
+optimisation, then the diffusion loop (:func:`train_step` under accelerate; caption dropout
+for classifier-free guidance; EMA; checkpoints). No flips or crops touch the images: they
 would reverse or cut time.
 
 Every random draw of micro-batch ``m`` (its rows, noise, timesteps, dropped captions)
@@ -18,9 +19,9 @@ import functools
 import hashlib
 import json
 import math
-import shutil
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -29,34 +30,29 @@ import torch
 from tqdm import tqdm
 
 from pipeline import params as params_module
+from pipeline.audio.shards import iter_batches, read_spec, read_split, shard_files
+from pipeline.audio.spectrogram import image_to_log_mel
 from pipeline.errors import PipelineError, stage_main
-from pipeline.files import TIMINGS_DIR, sha256_file, write_json
-from pipeline.models import (
+from pipeline.files import sha256_file, write_json
+from pipeline.models.checkpoints import checkpoints, latest_checkpoint, save_checkpoint
+from pipeline.models.diffusion import (
     caption_embeddings,
-    diffusion_loss,
-    drop_captions,
-    images_to_unit,
+    diffusion_training_loss,
     load_pipeline,
+    pm1_to_uint8_grey,
     save_pipeline,
-    unit_to_grey,
+    uint8_to_pm1,
     write_spec,
     zero_terminal_snr,
 )
 from pipeline.params import Params, TrainParams
+from pipeline.paths import CHECKPOINT_DIR, FINETUNED_DIR, PRETRAINED_DIR, SHARDS_DIR, TIMINGS_DIR
 from pipeline.provenance import code_digest
-from pipeline.shards import SHARDS_DIR, iter_batches, read_spec, read_split, shard_files
-from pipeline.spectrogram import image_to_log_mel
-from pipeline.tensorstate import StateError, load_state, save_state
 
-PRETRAINED_DIR = Path("models/pretrained")
-FINETUNED_DIR = Path("models/finetuned")
-CHECKPOINT_DIR = Path("models/checkpoints")
 METRICS = Path("metrics/train.json")
 LIVE_DIR = Path("metrics/train")
 # Settings that change what is trained; the rest (logging, checkpoint cadence) may differ on resume.
 RESUME_IGNORES = ("checkpoint_every", "keep_checkpoints", "log_every")
-CHECKPOINT_RECORD = "checkpoint.json"
-STATE_SUBDIR = "state"
 
 
 class TrainingError(PipelineError, RuntimeError):
@@ -92,7 +88,7 @@ def cache_posteriors(vae, shards: Path, batch_size: int, device) -> tuple[torch.
     total = sum(pq.read_metadata(f).num_rows for f in shard_files("train", shards))
     progress = tqdm(total=total, desc="cache latents", unit="img", file=sys.stderr)
     for batch in iter_batches("train", ["caption", "image"], batch_size=batch_size, root=shards):
-        posterior = vae.encode(images_to_unit(batch["image"]).to(device, vae.dtype)).latent_dist
+        posterior = vae.encode(uint8_to_pm1(batch["image"]).to(device, vae.dtype)).latent_dist
         means.append(posterior.mean.float().cpu())
         stds.append(posterior.std.float().cpu())
         captions += batch["caption"]
@@ -110,9 +106,9 @@ def vae_mae_db(vae, images: np.ndarray, log_mels: np.ndarray, spec, device, batc
     """Mean absolute error, in dB on the native mel, of the VAE's reconstruction of images."""
     errors = []
     for start in range(0, len(images), batch_size):
-        unit = images_to_unit(images[start:start + batch_size]).to(device, vae.dtype)
-        decoded = vae.decode(vae.encode(unit).latent_dist.mean).sample
-        recovered = image_to_log_mel(torch.from_numpy(unit_to_grey(decoded.cpu())), spec,
+        pm1 = uint8_to_pm1(images[start:start + batch_size]).to(device, vae.dtype)
+        decoded = vae.decode(vae.encode(pm1).latent_dist.mean).sample
+        recovered = image_to_log_mel(torch.from_numpy(pm1_to_uint8_grey(decoded.cpu())), spec,
                                      n_frames=log_mels.shape[-1])
         errors.append((recovered - torch.from_numpy(log_mels[start:start + batch_size])).abs().flatten())
     return float(torch.cat(errors).mean())
@@ -127,7 +123,7 @@ def finetune_vae_decoder(vae, shards: Path, config: TrainParams, device, live) -
     vae.train()
     for step in tqdm(range(config.vae_steps), desc="finetune vae", unit="step", file=sys.stderr):
         rows = micro_batch_rows(step, len(train), min(config.batch_size, len(train)), config.seed + 1)
-        images = images_to_unit(train[rows]).to(device, vae.dtype)
+        images = uint8_to_pm1(train[rows]).to(device, vae.dtype)
         with torch.no_grad():
             latents = vae.encode(images).latent_dist.mean
         loss = (vae.decode(latents).sample - images).abs().mean()
@@ -165,69 +161,11 @@ def fingerprint(params: Params, shards: Path, base: Path) -> str:
     bytes of the training shards and of the base model, and the training code (changed
     code must retrain, not resume)."""
     train = {k: v for k, v in params.to_dict()["train"].items() if k not in RESUME_IGNORES}
-    parts = [json.dumps(train, sort_keys=True), code_digest("pipeline.train")]
+    parts = [json.dumps(train, sort_keys=True), code_digest("pipeline.stages.train")]
     parts += [f"{f.name}:{sha256_file(f)}" for f in shard_files("train", shards)]
     parts += [f"{f.relative_to(base).as_posix()}:{sha256_file(f)}"
               for f in sorted(base.rglob("*")) if f.is_file()]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
-
-
-def checkpoints(directory: Path) -> list[Path]:
-    """Finished checkpoints, oldest first: ``step-N`` folders holding a checkpoint record
-    (written last). Anything else there is never read."""
-    found = [p for p in directory.glob("step-*")
-             if p.name[5:].isdigit() and (p / CHECKPOINT_RECORD).is_file()]
-    return sorted(found, key=lambda p: int(p.name[5:]))
-
-
-def save_checkpoint(directory: Path, record: dict, state: dict, unet_for_sampling, keep: int) -> Path:
-    """``step-NNNNNN/``: the record (step, fingerprint, log), the training state
-    (safetensors + JSON, see :mod:`pipeline.tensorstate`) and the (EMA) U-Net in diffusers
-    format for per-checkpoint evaluation. Written to a staging folder, then renamed."""
-    final = directory / f"step-{record['step']:06d}"
-    staging = directory / f".{final.name}.partial"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    save_state(state, staging / STATE_SUBDIR)
-    unet_for_sampling.save_pretrained(staging / "unet", safe_serialization=True)
-    (staging / CHECKPOINT_RECORD).write_text(json.dumps(record, indent=2) + "\n")
-    shutil.rmtree(final, ignore_errors=True)
-    staging.rename(final)
-    for old in checkpoints(directory)[:-keep]:
-        shutil.rmtree(old)
-    return final
-
-
-def latest_checkpoint(directory: Path, expected: str) -> tuple[Path, dict, dict] | None:
-    """(folder, record, state) of the newest checkpoint with this run's fingerprint.
-
-    Only the small JSON record is read to decide; the state is loaded without unpickling
-    anything, and only for the checkpoint resumed from. Checkpoints of another
-    configuration, data or code are deleted (they cannot be resumed, and would pollute the
-    per-checkpoint FID curve). A damaged one stops the run with the path to delete; folders
-    that are not checkpoints are left alone, as found.
-    """
-    for partial in directory.glob(".step-*.partial"):
-        shutil.rmtree(partial, ignore_errors=True)
-    finished = checkpoints(directory)
-    strangers = sorted(set(directory.glob("step-*")) - set(finished))
-    if strangers:
-        print(f"train: ignoring {', '.join(map(str, strangers))}: not checkpoints of this "
-              "pipeline (no checkpoint record)", file=sys.stderr)
-    for path in reversed(finished):
-        try:
-            record = json.loads((path / CHECKPOINT_RECORD).read_text())
-        except ValueError as error:
-            raise TrainingError(f"{path / CHECKPOINT_RECORD} is damaged ({error}); delete {path} "
-                                "to resume from the checkpoint before it") from None
-        if not isinstance(record, dict) or record.get("fingerprint") != expected:
-            shutil.rmtree(path)
-            continue
-        try:
-            return path, record, load_state(path / STATE_SUBDIR)
-        except StateError as error:
-            raise TrainingError(f"{error}; delete {path} to resume from the checkpoint before it") from None
-    return None
 
 
 # ------------------------------------------------------------------ the loop
@@ -252,6 +190,97 @@ def lr_lambda(config: TrainParams):
     return factor
 
 
+@dataclass
+class TrainingSet:
+    """The training split as the loop reads it: a VAE posterior per image (latents are
+    sampled from it at each step) and the text-encoder states of its caption."""
+
+    means: torch.Tensor
+    stds: torch.Tensor
+    caption_states: torch.Tensor
+    unconditional: torch.Tensor  # the empty caption's states, for dropped captions
+    scaling: float
+
+    def micro_batch(self, index: int, config: TrainParams, device):
+        """(scaled latents, caption states, its generator) of micro-batch ``index``; every draw
+        comes from ``(train.seed, index)``, so a resumed run draws what an unbroken one would."""
+        generator = micro_batch_generator(config.seed, index)
+        rows = torch.from_numpy(micro_batch_rows(index, len(self.means), config.batch_size, config.seed))
+        noise = torch.randn(self.means[rows].shape, generator=generator)
+        latents = ((self.means[rows] + self.stds[rows] * noise) * self.scaling).to(device)
+        return latents, self.caption_states[rows], generator
+
+
+@dataclass
+class Progress:
+    """Where the run stands: the step reached, the last loss and the log so far."""
+
+    step: int = 0
+    loss: float = float("nan")
+    history: list[dict] = field(default_factory=list)
+
+
+def load_base(base: Path, config: TrainParams, device):
+    pipe = load_pipeline(base)
+    if config.zero_terminal_snr:
+        pipe.scheduler = zero_terminal_snr(pipe.scheduler)
+    pipe.vae.to(device)
+    if config.init == "scratch":
+        torch.manual_seed(config.seed)
+        pipe.unet = type(pipe.unet).from_config(pipe.unet.config)
+    return pipe
+
+
+def adapt_vae(vae, shards: Path, spec, config: TrainParams, resumed, live, device) -> dict:
+    """Fine-tune the VAE decoder if asked (or take it from the checkpoint resumed from), and
+    report its reconstruction error on the validation spectrograms before and after."""
+    validation = read_split("val", ["image", "log_mel"], shards)
+    report = {"vae_val_mae_db_before": vae_mae_db(vae, validation["image"], validation["log_mel"], spec, device)}
+    if config.finetune_vae:
+        if resumed is not None:
+            vae.load_state_dict(resumed[2]["vae"])
+        else:
+            finetune_vae_decoder(vae, shards, config, device, live)
+    vae.requires_grad_(False).eval()
+    report["vae_val_mae_db_after"] = vae_mae_db(vae, validation["image"], validation["log_mel"], spec, device)
+    return report
+
+
+def encode_training_set(pipe, shards: Path, device) -> TrainingSet:
+    means, stds, captions = cache_posteriors(pipe.vae, shards, 32, device)
+    states_by_caption = caption_embeddings(pipe, captions)
+    return TrainingSet(means, stds, torch.stack([states_by_caption[c] for c in captions]),
+                       states_by_caption[""], pipe.vae.config.scaling_factor)
+
+
+def start_optimisation(unet, config: TrainParams, resumed):
+    """AdamW, its learning-rate schedule and the EMA, fresh or as the checkpoint left them."""
+    if config.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    unet.train()
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=config.learning_rate)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config))
+    ema = EMA(unet, config.ema_decay) if config.ema else None
+    progress = Progress()
+    if resumed is not None:
+        path, record, state = resumed
+        unet.load_state_dict(state["unet"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if ema is not None:
+            ema.shadow = state["ema"]
+        progress = Progress(record["step"], record["loss"], record["history"])
+        print(f"resuming from {path} (step {progress.step})", file=sys.stderr)
+    return optimizer, scheduler, ema, progress
+
+
+def log_step(live, row: dict) -> None:
+    live.step = row["step"]
+    for key, value in row.items():
+        if key != "step":
+            live.log_metric(key, value)
+
+
 def train(params: Params, shards: Path = SHARDS_DIR, base: Path = PRETRAINED_DIR,
           out_dir: Path = FINETUNED_DIR, checkpoint_dir: Path = CHECKPOINT_DIR,
           live_dir: Path = LIVE_DIR) -> dict:
@@ -263,111 +292,47 @@ def train(params: Params, shards: Path = SHARDS_DIR, base: Path = PRETRAINED_DIR
                               gradient_accumulation_steps=config.gradient_accumulation)
     device = accelerator.device
     spec = read_spec(shard_files("train", shards)[0])
-    pipe = load_pipeline(base)
-    if config.zero_terminal_snr:
-        pipe.scheduler = zero_terminal_snr(pipe.scheduler)
-    vae, unet = pipe.vae.to(device), pipe.unet
-    if config.init == "scratch":
-        torch.manual_seed(config.seed)
-        unet = type(unet).from_config(unet.config)
+    pipe = load_base(base, config, device)
     run_fingerprint = fingerprint(params, shards, base)
     resumed = latest_checkpoint(checkpoint_dir, run_fingerprint)
     live = Live(str(live_dir), save_dvc_exp=False, dvcyaml=False)
-    validation = read_split("val", ["image", "log_mel"], shards)
-    report = {"vae_val_mae_db_before": vae_mae_db(vae, validation["image"], validation["log_mel"], spec, device)}
-
-    if config.finetune_vae:
-        if resumed is not None:
-            vae.load_state_dict(resumed[2]["vae"])
-        else:
-            finetune_vae_decoder(vae, shards, config, device, live)
-    vae.requires_grad_(False).eval()
-    report["vae_val_mae_db_after"] = vae_mae_db(vae, validation["image"], validation["log_mel"], spec, device)
-
-    means, stds, captions = cache_posteriors(vae, shards, 32, device)
-    states_by_caption = caption_embeddings(pipe, captions)
-    caption_states = torch.stack([states_by_caption[c] for c in captions])
-    unconditional = states_by_caption[""]
-    scaling = vae.config.scaling_factor
-
-    if config.gradient_checkpointing:
-        unet.enable_gradient_checkpointing()
-    unet.train()
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=config.learning_rate)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config))
-    ema = EMA(unet, config.ema_decay) if config.ema else None
-    start_step, history, loss_value = 0, [], float("nan")
-    if resumed is not None:
-        path, record, state = resumed
-        unet.load_state_dict(state["unet"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if ema is not None:
-            ema.shadow = state["ema"]
-        start_step, history, loss_value = record["step"], record["history"], record["loss"]
-        print(f"resuming from {path} (step {start_step})", file=sys.stderr)
-    unet, optimizer, scheduler = accelerator.prepare(unet, optimizer, scheduler)
-    for row in history:  # the log of the steps before the checkpoint, as the new run's start
-        live.step = row["step"]
-        for key, value in row.items():
-            if key != "step":
-                live.log_metric(key, value)
-    noise_schedule = pipe.scheduler
-    per_step = config.batch_size * config.gradient_accumulation * accelerator.num_processes
-    started = time.perf_counter()
-    progress = tqdm(range(start_step, config.steps), initial=start_step, total=config.steps,
-                    desc="train", unit="step", file=sys.stderr, disable=not accelerator.is_main_process)
+    report = adapt_vae(pipe.vae, shards, spec, config, resumed, live, device)
+    data = encode_training_set(pipe, shards, device)
+    optimizer, scheduler, ema, progress = start_optimisation(pipe.unet, config, resumed)
+    unet, optimizer, scheduler = accelerator.prepare(pipe.unet, optimizer, scheduler)
+    for row in progress.history:  # the log of the steps before the checkpoint, as the new run's start
+        log_step(live, row)
+    start_step, started = progress.step, time.perf_counter()
     try:
-        for step in progress:
-            for micro in range(config.gradient_accumulation):
-                index = (step * config.gradient_accumulation + micro) * accelerator.num_processes \
-                    + accelerator.process_index
-                generator = micro_batch_generator(config.seed, index)
-                rows = torch.from_numpy(micro_batch_rows(index, len(means), config.batch_size, config.seed))
-                noise = torch.randn(means[rows].shape, generator=generator)
-                latents = ((means[rows] + stds[rows] * noise) * scaling).to(device)
-                conditioning, _ = drop_captions(caption_states[rows], unconditional,
-                                                config.caption_dropout, generator)
-                with accelerator.accumulate(unet), accelerator.autocast():
-                    loss = diffusion_loss(unet, noise_schedule, latents, conditioning.to(device), generator,
-                                          config.noise_offset)
-                    accelerator.backward(loss)
-                    if accelerator.sync_gradients:
-                        accelerator.clip_grad_norm_(unet.parameters(), config.max_grad_norm)
-                    optimizer.step()
-                    scheduler.step()
-                    optimizer.zero_grad()
-            loss_value = float(loss.detach())
-            if not math.isfinite(loss_value):
+        for step in tqdm(range(start_step, config.steps), initial=start_step, total=config.steps,
+                         desc="train", unit="step", file=sys.stderr, disable=not accelerator.is_main_process):
+            loss = train_step(step, unet, optimizer, scheduler, data, pipe.scheduler, config, accelerator)
+            progress.step, progress.loss = step + 1, float(loss.detach())
+            if not math.isfinite(progress.loss):
                 last = checkpoints(checkpoint_dir)
                 raise TrainingError(
-                    f"loss became {loss_value} at step {step + 1}; stopped. The last good checkpoint is "
-                    f"{last[-1] if last else 'none (no checkpoint yet)'}. Try a lower train.learning_rate "
-                    "or train.mixed_precision: 'no'.")
+                    f"loss became {progress.loss} at step {progress.step}; stopped. The last good checkpoint "
+                    f"is {last[-1] if last else 'none (no checkpoint yet)'}. Try a lower "
+                    "train.learning_rate or train.mixed_precision: 'no'.")
             if ema is not None:
                 ema.update(accelerator.unwrap_model(unet), step)
-            done = step + 1
-            if done % config.log_every == 0 or done == config.steps:
+            if progress.step % config.log_every == 0 or progress.step == config.steps:
                 # no timings here: the log is tracked in git, and must not change between
                 # runs that train the same weights (throughput goes to metrics/timings/)
-                row = {"step": done, "loss": loss_value, "lr": scheduler.get_last_lr()[0]}
-                history.append(row)
-                live.step = done
-                for key, value in row.items():
-                    if key != "step":
-                        live.log_metric(key, value)
+                progress.history.append({"step": progress.step, "loss": progress.loss,
+                                         "lr": scheduler.get_last_lr()[0]})
+                log_step(live, progress.history[-1])
                 live.next_step()
-                progress.set_postfix(loss=f"{loss_value:.4f}")
-            if accelerator.is_main_process and (done % config.checkpoint_every == 0 or done == config.steps):
+            if accelerator.is_main_process and (progress.step % config.checkpoint_every == 0
+                                                or progress.step == config.steps):
                 plain = accelerator.unwrap_model(unet)
-                sampling = _with_ema(plain, ema)
-                record = {"step": done, "fingerprint": run_fingerprint, "loss": loss_value,
-                          "history": history}
+                record = {"step": progress.step, "fingerprint": run_fingerprint, "loss": progress.loss,
+                          "history": progress.history}
                 save_checkpoint(checkpoint_dir, record, {
                     "unet": plain.state_dict(), "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(), "ema": ema.shadow if ema else None,
-                    "vae": vae.state_dict() if config.finetune_vae else None,
-                }, sampling, config.keep_checkpoints)
+                    "vae": pipe.vae.state_dict() if config.finetune_vae else None,
+                }, _with_ema(plain, ema), config.keep_checkpoints)
     except (torch.OutOfMemoryError, MemoryError, RuntimeError) as error:
         if not is_out_of_memory(error):
             raise
@@ -375,23 +340,42 @@ def train(params: Params, shards: Path = SHARDS_DIR, base: Path = PRETRAINED_DIR
             f"out of memory at train.batch_size={config.batch_size}: lower train.batch_size and raise "
             "train.gradient_accumulation to keep the effective batch, or set "
             "train.gradient_checkpointing: true (or train.mixed_precision: bf16 on a GPU)") from None
-    progress.close()
     wall = time.perf_counter() - started
-    final_unet = _with_ema(accelerator.unwrap_model(unet), ema)
-    pipe.unet = final_unet.to(torch.float32).eval()
-    pipe.vae = vae.to(torch.float32)
+    pipe.unet = _with_ema(accelerator.unwrap_model(unet), ema).to(torch.float32).eval()
+    pipe.vae = pipe.vae.to(torch.float32)
     save_pipeline(pipe, out_dir)
     write_spec(out_dir, spec)
     live.end()
     report.update({
-        "steps": config.steps, "resumed_from_step": start_step, "final_loss": loss_value,
-        "training_rows": len(means), "ema": config.ema, "init": config.init,
+        "steps": config.steps, "resumed_from_step": start_step, "final_loss": progress.loss,
+        "training_rows": len(data.means), "ema": config.ema, "init": config.init,
         "mixed_precision": accelerator.mixed_precision,
     })
     trained = config.steps - start_step
+    per_step = config.batch_size * config.gradient_accumulation * accelerator.num_processes
     report["timings"] = {"wall_seconds": wall, "steps_this_run": trained,
                          "samples_per_second": per_step * trained / wall if trained else None}
     return report
+
+
+def train_step(step: int, unet, optimizer, scheduler, data: TrainingSet, noise_schedule,
+               config: TrainParams, accelerator) -> torch.Tensor:
+    """One optimiser step over ``train.gradient_accumulation`` micro-batches per process;
+    returns the last micro-batch's loss."""
+    for micro in range(config.gradient_accumulation):
+        index = (step * config.gradient_accumulation + micro) * accelerator.num_processes \
+            + accelerator.process_index
+        latents, states, generator = data.micro_batch(index, config, accelerator.device)
+        with accelerator.accumulate(unet), accelerator.autocast():
+            loss = diffusion_training_loss(unet, noise_schedule, latents, states, data.unconditional,
+                                           config.caption_dropout, generator, config.noise_offset)
+            accelerator.backward(loss)
+            if accelerator.sync_gradients:
+                accelerator.clip_grad_norm_(unet.parameters(), config.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+    return loss
 
 
 def is_out_of_memory(error: BaseException) -> bool:

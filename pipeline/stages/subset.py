@@ -26,13 +26,10 @@ import pyarrow.parquet as pq
 from pipeline import params as params_module
 from pipeline.errors import stage_main
 from pipeline.files import atomic_path, write_json
-from pipeline.manifest import read_manifest
 from pipeline.ontology import Ontology
 from pipeline.params import SubsetParams
-
-MANIFEST = Path("data/raw/manifest.parquet")
-SUBSET_DIR = Path("data/subset")
-SPLITS = ("train", "val", "test")
+from pipeline.paths import MANIFEST, SUBSET_DIR
+from pipeline.sources.manifest import read_manifest
 
 INDEX_SCHEMA = pa.schema([
     pa.field("id", pa.string(), nullable=False),

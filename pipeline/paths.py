@@ -1,0 +1,21 @@
+"""Where the stages read and write, relative to the repository root (DVC runs every stage
+there, and ``dvc.yaml`` names the same paths). A stage finds what another stage wrote
+here, never by importing that stage."""
+
+from pathlib import Path
+
+RAW_DIR = Path("data/raw")  # acquire: clips/ and the manifest
+MANIFEST = RAW_DIR / "manifest.parquet"
+SUBSET_DIR = Path("data/subset")  # subset: index.parquet and report.json
+SHARDS_DIR = Path("data/shards")  # render: <split>/part-NNNNN.parquet
+SPLITS = ("train", "val", "test")
+PRETRAINED_DIR = Path("models/pretrained")
+FINETUNED_DIR = Path("models/finetuned")
+CHECKPOINT_DIR = Path("models/checkpoints")
+EVALUATOR_DIR = Path("models/evaluator")
+MODELS = {"pretrained": PRETRAINED_DIR, "finetuned": FINETUNED_DIR}  # what sample and evaluate compare
+SAMPLES_DIR = Path("data/samples")
+METRICS_DIR = Path("metrics")
+# How long stages took. Apart from the tracked metrics, and git-ignored: timings differ
+# on every run, and reproducing must leave the repository as it was.
+TIMINGS_DIR = METRICS_DIR / "timings"
