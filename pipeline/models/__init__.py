@@ -1,0 +1,1 @@
+"""The diffusion model's parts, generation, the evaluator network and training checkpoints."""

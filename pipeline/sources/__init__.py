@@ -1,0 +1,1 @@
+"""Where clips come from (synthetic, AudioSet, local recordings), and the manifest they all write."""

@@ -1,0 +1,1 @@
+"""One module per DVC stage, named as in dvc.yaml: ``python -m pipeline.stages.<name>``."""

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import torch
+from diffusers.optimization import get_scheduler
 from tqdm import tqdm
 
 from pipeline import params as params_module
@@ -178,18 +179,6 @@ def resolve_precision(requested: str) -> str:
     return "no"
 
 
-def lr_lambda(config: TrainParams):
-    def factor(step: int) -> float:
-        warm = min(1.0, (step + 1) / max(1, config.warmup_steps))
-        progress = max(0.0, (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps))
-        if config.lr_schedule == "cosine":
-            return warm * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-        if config.lr_schedule == "linear":
-            return warm * max(0.0, 1 - progress)
-        return warm
-    return factor
-
-
 @dataclass
 class TrainingSet:
     """The training split as the loop reads it: a VAE posterior per image (latents are
@@ -259,7 +248,8 @@ def start_optimisation(unet, config: TrainParams, resumed):
         unet.enable_gradient_checkpointing()
     unet.train()
     optimizer = torch.optim.AdamW(unet.parameters(), lr=config.learning_rate)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config))
+    scheduler = get_scheduler(config.lr_schedule, optimizer, num_warmup_steps=config.warmup_steps,
+                              num_training_steps=config.steps)
     ema = EMA(unet, config.ema_decay) if config.ema else None
     progress = Progress()
     if resumed is not None:
