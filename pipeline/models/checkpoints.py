@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from pipeline.errors import PipelineError
+from pipeline.files import write_json
 from pipeline.models.tensorstate import StateError, load_state, save_state
 
 CHECKPOINT_RECORD = "checkpoint.json"
@@ -42,7 +43,7 @@ def save_checkpoint(directory: Path, record: dict, state: dict, unet_for_samplin
     staging.mkdir(parents=True)
     save_state(state, staging / STATE_SUBDIR)
     unet_for_sampling.save_pretrained(staging / "unet", safe_serialization=True)
-    (staging / CHECKPOINT_RECORD).write_text(json.dumps(record, indent=2) + "\n")
+    write_json(staging / CHECKPOINT_RECORD, record)
     shutil.rmtree(final, ignore_errors=True)
     staging.rename(final)
     for old in checkpoints(directory)[:-keep]:

@@ -20,6 +20,7 @@ from torch import nn
 
 from pipeline.audio.spectrogram import SpectrogramSpec
 from pipeline.errors import ModelError
+from pipeline.files import write_json
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -83,7 +84,7 @@ class Evaluator:
         save_file(self.model.state_dict(), directory / WEIGHTS)
         config = {"class_ids": self.class_ids, "class_names": self.class_names,
                   "embedding_dim": self.model.embed[0].out_features, "spec": asdict(self.spec)}
-        (directory / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+        write_json(directory / CONFIG, config)
 
     @classmethod
     def load(cls, directory: Path | str) -> Evaluator:

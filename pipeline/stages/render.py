@@ -41,6 +41,7 @@ from pipeline.processes import die_with_parent
 from pipeline.provenance import code_digest
 
 MIN_FRACTION = 0.9  # shorter audio than this fraction of a clip is "truncated"
+CODE = "pipeline.stages.render"  # the module whose import closure writes shards: see is_reusable
 
 
 class SkipRow(Exception):
@@ -133,7 +134,7 @@ def record_path(shard: Path) -> Path:
 def write_record(shard: Path) -> None:
     """Written after the shard: a run killed in between leaves a shard without a matching
     record, which the next run renders again."""
-    record = {"file": shard.name, "sha256": sha256_file(shard), "code": code_digest("pipeline.stages.render")}
+    record = {"file": shard.name, "sha256": sha256_file(shard), "code": code_digest(CODE)}
     write_json(record_path(shard), record)
 
 
@@ -144,7 +145,7 @@ def is_reusable(task: ShardTask) -> bool:
         record = json.loads(record_path(task.path).read_text())
     except (OSError, ValueError):
         return False
-    return (isinstance(record, dict) and record.get("code") == code_digest("pipeline.stages.render")
+    return (isinstance(record, dict) and record.get("code") == code_digest(CODE)
             and read_fingerprint(task.path) == task.fingerprint
             and record.get("sha256") == sha256_file(task.path))
 
