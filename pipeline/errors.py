@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import sys
+import time
 
 
 class PipelineError(Exception):
@@ -25,14 +26,23 @@ class ModelError(PipelineError):
 
 
 def stage_main(stage: str):
-    """Decorate a stage's ``main(argv)`` to report a PipelineError in one line."""
+    """Decorate a stage's ``main(argv)`` to report a PipelineError in one line, and to record
+    the stage's wall time in ``metrics/timings/stages/<stage>.json`` (git-ignored, not a DVC
+    output: times differ between runs that make the same outputs)."""
     def decorate(main):
         @functools.wraps(main)
         def run(argv: list[str] | None = None):
+            from pipeline.files import write_json
+            from pipeline.paths import TIMINGS_DIR
+
+            started = time.perf_counter()
             try:
-                return main(argv)
+                result = main(argv)
             except PipelineError as error:
                 print(f"{stage}: {error}", file=sys.stderr)
                 sys.exit(1)
+            write_json(TIMINGS_DIR / "stages" / f"{stage}.json",
+                       {"stage": stage, "wall_seconds": round(time.perf_counter() - started, 1)})
+            return result
         return run
     return decorate

@@ -1,4 +1,6 @@
+import dataclasses
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -9,11 +11,11 @@ from PIL import Image
 
 from pipeline import cli
 from pipeline.audio.spectrogram import SpectrogramSpec, log_mel_to_grey, waveform_to_log_mel
-from pipeline.models.evaluator import Evaluator
+from pipeline.models.evaluator import Evaluator, frechet_distance
 from pipeline.models.generate import SCHEDULERS, load_generator
 from pipeline.params import SCHEDULER_NAMES
 from pipeline.sources.synthetic import CATALOGUE, render_clip
-from pipeline.stages.evaluate import EvaluatorExtractor, evaluate, fid_from_features, folder_features, kernel_distance
+from pipeline.stages.evaluate import EvaluatorExtractor, evaluate, folder_features, kernel_distance
 from pipeline.stages.sample import sample
 
 
@@ -51,9 +53,9 @@ def feature_sets(tmp_path_factory, extractor):
 
 def test_fid_of_a_set_with_itself_is_zero_and_grows_for_another_class(feature_sets):
     dial, again, noise = feature_sets["dial"], feature_sets["dial_again"], feature_sets["noise"]
-    assert abs(fid_from_features(dial, dial)) < 1e-3
-    assert fid_from_features(dial, noise) > 1.0
-    assert fid_from_features(dial, noise) > 5 * fid_from_features(dial, again)
+    assert abs(frechet_distance(dial, dial)) < 1e-3
+    assert frechet_distance(dial, noise) > 1.0
+    assert frechet_distance(dial, noise) > 5 * frechet_distance(dial, again)
 
 
 def test_kid_is_the_same_on_the_same_features(feature_sets):
@@ -79,13 +81,15 @@ def evaluated(tmp_path_factory, tiny_shards, tiny_models):
     shards, params = tiny_shards
     root = tmp_path_factory.mktemp("evaluated")
     models = {"pretrained": tiny_models["pretrained"], "finetuned": tiny_models["finetuned"]}
-    sample(params, shards, root / "samples", models, tiny_models["checkpoints"])
-    metrics = evaluate(params, shards, root / "samples", tiny_models["evaluator"], root / "metrics")
-    return root, params, metrics
+    guidance = sample(params, shards, root / "samples", models, tiny_models["checkpoints"],
+                      tiny_models["evaluator"], root / "metrics" / "guidance.json")
+    metrics = evaluate(params, shards, root / "samples", tiny_models["evaluator"], root / "metrics",
+                       tiny_models["finetuned"])
+    return root, params, metrics, guidance
 
 
 def test_sample_writes_pngs_wavs_and_prompts(evaluated):
-    root, params, _ = evaluated
+    root, params, _, _ = evaluated
     for model in ("pretrained", "finetuned"):
         for resolution in ("64x64", "64x400"):
             folder = root / "samples" / model / resolution
@@ -101,10 +105,34 @@ def test_sample_writes_pngs_wavs_and_prompts(evaluated):
     assert checkpoints == ["step-000002", "step-000004", "step-000006"]
 
 
+def test_the_guidance_scale_is_chosen_on_the_validation_split(evaluated, tmp_path, tiny_shards, tiny_models):
+    root, params, _, guidance = evaluated
+    assert len(params.sample.guidance_scales) > 1  # the tiny profile chooses, as the default does
+    assert json.loads((root / "metrics" / "guidance.json").read_text()) == guidance
+    for model in ("pretrained", "finetuned"):
+        candidates = guidance[model]["candidates"]
+        assert set(candidates) == {str(g) for g in params.sample.guidance_scales}
+        chosen = guidance[model]["guidance_scale"]
+        assert candidates[str(chosen)]["fd_val"] == min(c["fd_val"] for c in candidates.values())
+        assert set(pd.read_csv(root / "samples" / model / "64x64" / "prompts.csv").guidance) == {chosen}
+    # the test split plays no part: without it the stage chooses the same
+    shards, _ = tiny_shards
+    shutil.copytree(shards, tmp_path / "shards", ignore=shutil.ignore_patterns("test"))
+    models = {"pretrained": tiny_models["pretrained"], "finetuned": tiny_models["finetuned"]}
+    params = dataclasses.replace(params, sample=dataclasses.replace(params.sample, resolutions=("64x64",),
+                                                                     checkpoint_per_class=0))
+    again = sample(params, tmp_path / "shards", tmp_path / "samples", models, tiny_models["checkpoints"],
+                   tiny_models["evaluator"], tmp_path / "guidance.json")
+    assert again == guidance
+
+
 def test_metrics_are_keyed_as_designed(evaluated):
-    root, _, metrics = evaluated
-    expected = {f"{name}.{model}.{resolution}" for name in ("fid", "kid", "fd_evaluator", "accuracy")
-                for model in ("pretrained", "finetuned") for resolution in ("64x64", "64x400")}
+    root, _, metrics, _ = evaluated
+    scores = ("fid", "kid", "fd_evaluator", "accuracy", "fd_audio", "accuracy_audio")
+    expected = {f"{name}.{model}.{resolution}" for name in scores
+                for model in ("pretrained", "finetuned", "real") for resolution in ("64x64", "64x400")
+                if model != "real" or name == "accuracy"}
+    expected |= {"reconstruction.vae.accuracy", "reconstruction.vae.mae_db"}
     assert set(metrics) == expected
     assert json.loads((root / "metrics" / "metrics.json").read_text()) == metrics
     assert all(isinstance(v, float) and np.isfinite(v) for v in metrics.values())
@@ -112,7 +140,8 @@ def test_metrics_are_keyed_as_designed(evaluated):
     extractor = json.loads((root / "metrics" / "feature_extractor.json").read_text())
     assert extractor["fid_kid"].startswith("specldm evaluator")  # no Inception weights offline
     table = (root / "metrics" / "table.md").read_text()
-    assert "| finetuned | 64 x 400 |" in table
+    assert "| finetuned | 64 x 400 |" in table and "| real test clips (ceiling) | 64 x 400 |" in table
+    assert metrics["reconstruction.vae.mae_db"] > 0
     curve = pd.read_csv(root / "metrics" / "fid_by_checkpoint.csv")
     assert list(curve.step) == [2, 4, 6] and curve.fid.notna().all()
     assert (root / "metrics" / "grids" / "finetuned_64x400.png").exists()
@@ -143,6 +172,50 @@ def test_accuracy_counts_what_the_evaluator_hears(tmp_path, tiny_shards, tiny_mo
     expected_rolled = np.mean([evaluator.class_ids[p] == t for p, t in zip(predicted, rolled)])
     assert score_set(folder, references, extractor, evaluator, 8)[0]["accuracy"] == pytest.approx(expected_rolled)
     assert abs(scores["fd_evaluator"]) < 1e-3  # real clips against themselves
+
+
+def test_what_users_hear_scores_as_the_image_when_the_audio_is_real(tmp_path, tiny_models):
+    """The real clips' own audio, as samples: the audio scores equal the image scores (the
+    ceiling); the same audio under shuffled prompts scores at chance."""
+    from pipeline.models.evaluator import train_classifier
+    from pipeline.stages.evaluate import References, score_set
+
+    spec = Evaluator.load(tiny_models["evaluator"]).spec
+    names = ["Dial tone", "Ringtone", "Telephone dialing, DTMF", "White noise"]
+    by_name = {c.name: c for c in CATALOGUE}
+
+    def clips(seed: int, count: int) -> list[np.ndarray]:
+        return [render_clip(by_name[name], np.random.default_rng((seed, c, k)), spec.sample_rate, spec.clip_seconds)
+                for c, name in enumerate(names) for k in range(count)]
+
+    def log_mels(audio: list[np.ndarray]) -> np.ndarray:
+        return waveform_to_log_mel(torch.from_numpy(np.stack(audio)), spec).numpy()
+
+    # an evaluator that knows these four classes well, trained on other clips of them
+    model = train_classifier(log_mels(clips(1, 8)), np.repeat(np.arange(4), 8), 4, spec, 20, 8, 2e-3, 0)
+    evaluator = Evaluator(model, names, names, spec)
+    audio = clips(2, 6)
+    mels = log_mels(audio)
+    folder, rows = tmp_path / "heard", []
+    folder.mkdir()
+    for i, (wave, mel) in enumerate(zip(audio, mels)):
+        Image.fromarray(log_mel_to_grey(torch.from_numpy(mel), spec, 64, 64).numpy()).save(folder / f"{i:03d}.png")
+        sf.write(folder / f"{i:03d}.wav", wave, spec.sample_rate, subtype="PCM_16")
+        name = names[i // 6]
+        rows.append({"file": f"{i:03d}.png", "wav": f"{i:03d}.wav", "class_id": name, "class_name": name})
+    prompts = pd.DataFrame(rows)
+    prompts.to_csv(folder / "prompts.csv", index=False)
+    extractor = EvaluatorExtractor(evaluator)
+    references = References(mels, spec, 64, 64, tmp_path / "ref", extractor, 8)
+    scores, _ = score_set(folder, references, extractor, evaluator, 8)
+    assert scores["accuracy"] >= 0.75  # the ceiling: the evaluator hears these clips' classes
+    assert scores["accuracy_audio"] == pytest.approx(scores["accuracy"], abs=1 / len(rows))
+    quieter = frechet_distance(evaluator.embed(mels), evaluator.embed(mels - 30))
+    assert scores["fd_audio"] < 0.05 * quieter  # the same audio, not merely audio
+    shuffled = prompts.assign(class_id=np.random.default_rng(0).permutation(prompts.class_id))
+    shuffled.to_csv(folder / "prompts.csv", index=False)
+    chance = score_set(folder, references, extractor, evaluator, 8)[0]
+    assert chance["accuracy_audio"] < 0.5 and chance["accuracy"] < 0.5  # 4 classes: chance is 0.25
 
 
 def run_cli(*argv):

@@ -26,6 +26,10 @@ def unet_weights(path):
     return load_pipeline(path).unet.state_dict()
 
 
+def vae_of(path):
+    return load_pipeline(path).vae
+
+
 def test_pretrained_base_is_a_standard_pipeline(tiny_base):
     pipe = StableDiffusionPipeline.from_pretrained(tiny_base, local_files_only=True)
     assert pipe.unet.config.cross_attention_dim == 384  # all-MiniLM-L6-v2 token states
@@ -96,6 +100,21 @@ def test_resume_after_a_kill_reaches_the_same_weights(tmp_path, tiny_shards, tin
     resumed = unet_weights(tmp_path / "killed" / "finetuned")
     for name, weight in straight.items():
         assert torch.equal(weight, resumed[name]), name
+    # the fine-tuned VAE comes back from the checkpoint, and with it the latents' scale
+    straight_vae, resumed_vae = vae_of(tmp_path / "straight" / "finetuned"), vae_of(tmp_path / "killed" / "finetuned")
+    assert straight_vae.config.scaling_factor == resumed_vae.config.scaling_factor
+    for name, weight in straight_vae.state_dict().items():
+        assert torch.equal(weight, resumed_vae.state_dict()[name]), name
+
+
+def test_vae_fine_tuning_learns_to_draw_spectrograms(tmp_path, tiny_shards, tiny_base):
+    shards, _ = tiny_shards
+    _, report = run_train(tmp_path, shards, tiny_base, steps=1, vae_steps=40, vae_crop_size=32)
+    assert report["vae_val_mae_db_after"] < 0.8 * report["vae_val_mae_db_before"]
+    tuned, base = vae_of(tmp_path / "finetuned"), vae_of(tiny_base)
+    assert tuned.config.scaling_factor != base.config.scaling_factor  # its latents rescaled to unit variance
+    for part in ("encoder", "decoder"):  # both halves learn: the encoder is where detail was lost
+        assert not torch.equal(getattr(tuned, part).conv_in.weight, getattr(base, part).conv_in.weight), part
 
 
 def test_nan_loss_stops_with_the_last_good_checkpoint(tmp_path, tiny_shards, tiny_base, monkeypatch):

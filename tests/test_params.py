@@ -54,6 +54,11 @@ def test_switching_profile_and_back(tmp_path):
     # values that used to pass and make garbage, or a traceback, later
     ({"pretrain": {"kl_weight": float("nan")}}, r"pretrain\.kl_weight: must be a finite number, got nan"),
     ({"sample": {"guidance_scale": float("inf")}}, r"sample\.guidance_scale: must be a finite number"),
+    ({"sample": {"guidance_scale": [2.0, float("nan")]}}, r"sample\.guidance_scale\[1\]: must be a finite number"),
+    ({"sample": {"guidance_scale": [3.0, 3.0]}}, r"sample\.guidance_scale: lists a scale twice"),
+    ({"sample": {"guidance_scale": [0.5, 3.0]}}, r"sample\.guidance_scale: must be at least 1"),
+    ({"sample": {"guidance_scale": []}}, r"sample\.guidance_scale: needs at least one scale"),
+    ({"train": {"vae_crop_size": 60}}, r"train\.vae_crop_size: must be a positive multiple of 8"),
     ({"spectrogram": {"min_db": -float("inf")}}, r"spectrogram\.min_db: must be a finite number"),
     ({"spectrogram": {"clip_seconds": float("inf")}}, r"spectrogram\.clip_seconds: must be a finite"),
     ({"render": {"image_size": 2**40}}, r"render\.image_size: must be within \[8, 2048\]"),

@@ -221,6 +221,17 @@ def pm1_to_uint8_grey(images: torch.Tensor) -> np.ndarray:
     return grey.round().to(torch.uint8).numpy()
 
 
+@torch.no_grad()
+def reconstruct(vae, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
+    """uint8 grey images ``(B, H, W)`` through the VAE (its posterior mean) and back: what
+    the decoder can draw of each, the ceiling of any sample made through it."""
+    drawn = []
+    for start in range(0, len(images), batch_size):
+        pm1 = uint8_to_pm1(images[start:start + batch_size]).to(vae.device, vae.dtype)
+        drawn.append(pm1_to_uint8_grey(vae.decode(vae.encode(pm1).latent_dist.mean).sample.cpu()))
+    return np.concatenate(drawn)
+
+
 def diffusion_loss(unet, scheduler, latents: torch.Tensor, states: torch.Tensor,
                    generator: torch.Generator, noise_offset: float = 0.0) -> torch.Tensor:
     """The LDM objective: noise the latents at random timesteps, predict the noise.

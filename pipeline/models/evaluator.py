@@ -9,16 +9,18 @@ cannot be downloaded here): Frechet distance in that space, and conditioning acc
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from cleanfid.fid import frechet_distance as _frechet_distance
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from pipeline.audio.spectrogram import SpectrogramSpec
+from pipeline.audio.spectrogram import SpectrogramSpec, image_to_log_mel
 from pipeline.errors import ModelError
 from pipeline.files import write_json
 
@@ -56,6 +58,24 @@ def db_to_01(log_mels: torch.Tensor | np.ndarray, spec: SpectrogramSpec) -> torc
     return shifted / (spec.max_db - spec.min_db)
 
 
+def as_clips(grey: torch.Tensor, spec: SpectrogramSpec) -> torch.Tensor:
+    """Read each uint8 image as one clip (``n_frames`` frames), whatever its width: references
+    and samples at a geometry then pass through exactly the same steps."""
+    return image_to_log_mel(grey, spec, n_frames=spec.n_frames)
+
+
+def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Frechet distance between the Gaussians fitted to two sets of features (rows)."""
+    return float(_frechet_distance(a.mean(axis=0), np.cov(a, rowvar=False),
+                                   b.mean(axis=0), np.cov(b, rowvar=False)))
+
+
+def accuracy(hits: np.ndarray) -> float:
+    """The mean of :meth:`Evaluator.recognised`'s hits, NaNs (untaught classes) left out."""
+    counted = hits[~np.isnan(hits)]
+    return float(counted.mean()) if len(counted) else math.nan
+
+
 class Evaluator:
     """A trained classifier with its class list and the spec its inputs follow."""
 
@@ -74,6 +94,14 @@ class Evaluator:
     def predict(self, log_mels, batch_size: int = 64) -> np.ndarray:
         """Indices into ``class_ids``."""
         return self._batched(self.model, log_mels, batch_size).argmax(axis=1)
+
+    def recognised(self, log_mels, class_ids: list[str]) -> np.ndarray:
+        """Per clip: 1.0 where the evaluator hears ``class_ids[i]``, 0.0 where it hears
+        another class, NaN where it was never taught that class (counted neither way)."""
+        index = {c: i for i, c in enumerate(self.class_ids)}
+        truth = np.array([index.get(c, -1) for c in class_ids])
+        hits = (self.predict(log_mels) == truth).astype(float)
+        return np.where(truth >= 0, hits, np.nan)
 
     def _batched(self, fn, log_mels, batch_size: int) -> np.ndarray:
         mels_01 = db_to_01(log_mels, self.spec)

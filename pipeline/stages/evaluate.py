@@ -9,6 +9,12 @@ rendered at the same H x W:
   ``metrics/feature_extractor.json``, never mixed into the numbers.
 * ``fd_evaluator``: Frechet distance in the evaluator's embedding space.
 * ``accuracy``: the fraction of samples the evaluator assigns to the prompted class.
+* ``fd_audio`` / ``accuracy_audio``: the same two scores of what users hear: each WAV of
+  the set re-analysed with the SpectrogramSpec and rendered at the set's geometry.
+
+Beside them, the ceilings every set is read against: ``accuracy.real.<H>x<W>`` (the
+evaluator on the real test clips at that geometry) and ``reconstruction.vae.*`` (the
+fine-tuned model's VAE redrawing the test clips: the most its samples can show).
 
 Also: ``metrics/table.md`` (Table 3.1 layout), ``metrics/per_class.csv``,
 ``metrics/fid_by_checkpoint.csv`` (the report's Fig. 4.2) and labelled sample grids
@@ -27,19 +33,22 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import soundfile as sf
 import torch
 from cleanfid import fid as cleanfid
-from cleanfid.fid import frechet_distance, get_folder_features
+from cleanfid.fid import get_folder_features
+from diffusers import AutoencoderKL
 from PIL import Image, ImageDraw
 
 from pipeline import params as params_module
 from pipeline.audio.shards import read_spec, read_split, shard_files
-from pipeline.audio.spectrogram import SpectrogramSpec, image_to_log_mel, log_mel_to_grey
+from pipeline.audio.spectrogram import SpectrogramSpec, image_to_log_mel, log_mel_to_grey, waveform_to_log_mel
 from pipeline.errors import ModelError, stage_main
 from pipeline.files import atomic_path
-from pipeline.models.evaluator import Evaluator, db_to_01
+from pipeline.models.diffusion import reconstruct
+from pipeline.models.evaluator import Evaluator, accuracy, as_clips, db_to_01, frechet_distance
 from pipeline.params import Params, format_resolution, parse_resolution
-from pipeline.paths import EVALUATOR_DIR, METRICS_DIR, MODELS, SAMPLES_DIR, SHARDS_DIR
+from pipeline.paths import EVALUATOR_DIR, FINETUNED_DIR, METRICS_DIR, MODELS, SAMPLES_DIR, SHARDS_DIR
 
 INCEPTION_FILE = "inception-2015-12-05.pt"
 CLEANFID_CACHE = Path(tempfile.gettempdir()) / INCEPTION_FILE  # where clean-fid keeps it
@@ -83,12 +92,6 @@ class EvaluatorExtractor:
         return self.evaluator.model.embedding(db_to_01(log_mels, self.evaluator.spec))
 
 
-def as_clips(grey: torch.Tensor, spec: SpectrogramSpec) -> torch.Tensor:
-    """Read each image as one clip (``n_frames`` frames), whatever its width: references and
-    samples at a geometry then pass through exactly the same steps."""
-    return image_to_log_mel(grey, spec, n_frames=spec.n_frames)
-
-
 def feature_extractor(params: Params, evaluator: Evaluator):
     requested = Path(params.evaluate.inception_weights) if params.evaluate.inception_weights else None
     if requested is not None and not requested.is_file():
@@ -119,11 +122,6 @@ def kernel_distance(a: np.ndarray, b: np.ndarray) -> float:
         np.random.set_state(state)
 
 
-def fid_from_features(a: np.ndarray, b: np.ndarray) -> float:
-    return float(frechet_distance(a.mean(axis=0), np.cov(a, rowvar=False),
-                                  b.mean(axis=0), np.cov(b, rowvar=False)))
-
-
 # ------------------------------------------------------------------ scoring
 
 class References:
@@ -142,27 +140,55 @@ def load_images(folder: Path, files: list[str]) -> np.ndarray:
     return np.stack([np.asarray(Image.open(folder / f).convert("L")) for f in files])
 
 
+def heard_as_image(folder: Path, files: list[str], height: int, width: int, spec: SpectrogramSpec) -> np.ndarray:
+    """Each WAV re-analysed with the SpectrogramSpec and rendered at ``height x width``: the
+    audio users hear, in the form the image scores read, so both pass the same steps."""
+    images = []
+    for name in files:
+        audio, rate = sf.read(folder / name, dtype="float32", always_2d=True)
+        if rate != spec.sample_rate:
+            raise ModelError(f"{folder / name}: {rate} Hz, but the SpectrogramSpec says {spec.sample_rate} Hz")
+        log_mel = waveform_to_log_mel(torch.from_numpy(audio.mean(axis=1)), spec)
+        images.append(log_mel_to_grey(log_mel, spec, height, width).numpy())
+    return np.stack(images)
+
+
 def score_set(folder: Path, references: References, extractor, evaluator: Evaluator,
               batch_size: int) -> tuple[dict, pd.DataFrame]:
     prompts = pd.read_csv(folder / "prompts.csv")
     generated_features = folder_features(folder, extractor, batch_size)
     spec = evaluator.spec
-    generated = as_clips(torch.from_numpy(load_images(folder, list(prompts.file))), spec)
-    real = as_clips(torch.from_numpy(references.images), spec)
-    index = {c: i for i, c in enumerate(evaluator.class_ids)}
-    known = prompts.class_id.map(index)
-    predicted = evaluator.predict(generated)
-    correct = pd.Series(predicted == known.fillna(-1).to_numpy(), index=prompts.index)[known.notna()]
-    per_class = (prompts[known.notna()].assign(correct=correct)
+    images = load_images(folder, list(prompts.file))
+    generated = as_clips(torch.from_numpy(images), spec)
+    real_embedding = evaluator.embed(as_clips(torch.from_numpy(references.images), spec))
+    hits = evaluator.recognised(generated, list(prompts.class_id))
+    per_class = (prompts.assign(correct=hits).dropna(subset=["correct"])
                  .groupby(["class_id", "class_name"]).correct.agg(["size", "mean"]).reset_index()
                  .rename(columns={"size": "samples", "mean": "accuracy"}))
     scores = {
-        "fid": fid_from_features(generated_features, references.features),
+        "fid": frechet_distance(generated_features, references.features),
         "kid": kernel_distance(generated_features, references.features),
-        "fd_evaluator": fid_from_features(evaluator.embed(generated), evaluator.embed(real)),
-        "accuracy": float(correct.mean()) if len(correct) else math.nan,
+        "fd_evaluator": frechet_distance(evaluator.embed(generated), real_embedding),
+        "accuracy": accuracy(hits),
     }
+    voiced = prompts[prompts.wav.notna()] if "wav" in prompts else prompts.iloc[:0]
+    if len(voiced):
+        heard = as_clips(torch.from_numpy(heard_as_image(folder, list(voiced.wav), *images.shape[1:], spec)), spec)
+        scores["fd_audio"] = frechet_distance(evaluator.embed(heard), real_embedding)
+        scores["accuracy_audio"] = accuracy(evaluator.recognised(heard, list(voiced.class_id)))
     return scores, per_class
+
+
+def vae_reconstruction(model_dir: Path, real_mels: np.ndarray, class_ids: list[str],
+                       evaluator: Evaluator) -> dict:
+    """How well the model's VAE redraws the real test clips at the training geometry: the
+    error in dB on the native mel, and how often the evaluator still hears their class."""
+    spec = evaluator.spec
+    vae = AutoencoderKL.from_pretrained(model_dir / "vae", use_safetensors=True).eval()
+    drawn = reconstruct(vae, log_mel_to_grey(torch.from_numpy(real_mels), spec).numpy())
+    recovered = image_to_log_mel(torch.from_numpy(drawn), spec, n_frames=real_mels.shape[-1])
+    return {"reconstruction.vae.mae_db": float((recovered - torch.from_numpy(real_mels)).abs().mean()),
+            "reconstruction.vae.accuracy": accuracy(evaluator.recognised(recovered, class_ids))}
 
 
 def grid(folder: Path, title: str, out: Path, columns: int = 6, cell_height: int = 96) -> None:
@@ -185,24 +211,39 @@ def grid(folder: Path, title: str, out: Path, columns: int = 6, cell_height: int
 
 
 def table(metrics: dict, sets: list[tuple[str, str]]) -> str:
-    lines = ["| Model | Resolution (px) | FID | KID | FD (evaluator) | Conditioning accuracy |",
-             "|---|---|---|---|---|---|"]
-    for model, resolution in sets:
-        key = f"{model}.{resolution}"
-        lines.append(f"| {model} | {resolution.replace('x', ' x ')} | {metrics[f'fid.{key}']:.2f} | "
-                     f"{metrics[f'kid.{key}']:.4f} | {metrics[f'fd_evaluator.{key}']:.2f} | "
-                     f"{metrics[f'accuracy.{key}']:.3f} |")
+    """Table 3.1's layout, each image score beside its audio score, and under each geometry
+    the real clips' accuracy (the ceiling); then the VAE's reconstruction of them."""
+    def cell(key: str, digits: int) -> str:
+        return f"{metrics[key]:.{digits}f}" if key in metrics else "–"
+
+    lines = ["| Model | Resolution (px) | FID | KID | FD (evaluator) | FD (audio) | Accuracy | Accuracy (audio) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for resolution in dict.fromkeys(r for _, r in sets):
+        for model in (m for m, r in sets if r == resolution):
+            key = f"{model}.{resolution}"
+            lines.append(f"| {model} | {resolution.replace('x', ' x ')} | {cell(f'fid.{key}', 2)} | "
+                         f"{cell(f'kid.{key}', 4)} | {cell(f'fd_evaluator.{key}', 2)} | "
+                         f"{cell(f'fd_audio.{key}', 2)} | {cell(f'accuracy.{key}', 3)} | "
+                         f"{cell(f'accuracy_audio.{key}', 3)} |")
+        lines.append(f"| real test clips (ceiling) | {resolution.replace('x', ' x ')} | – | – | – | – | "
+                     f"{cell(f'accuracy.real.{resolution}', 3)} | – |")
+    lines.append(f"\nVAE reconstruction of the test clips: accuracy {cell('reconstruction.vae.accuracy', 3)}, "
+                 f"mean error {cell('reconstruction.vae.mae_db', 2)} dB.")
     return "\n".join(lines) + "\n"
 
 
 def evaluate(params: Params, shards: Path = SHARDS_DIR, samples: Path = SAMPLES_DIR,
-             evaluator_dir: Path = EVALUATOR_DIR, out_dir: Path = METRICS_DIR) -> dict:
+             evaluator_dir: Path = EVALUATOR_DIR, out_dir: Path = METRICS_DIR,
+             finetuned: Path = FINETUNED_DIR) -> dict:
     evaluator = Evaluator.load(evaluator_dir)
     spec = read_spec(shard_files("test", shards)[0])
-    test = read_split("test", ["log_mel", "is_mixture"], shards)
-    real_mels = test["log_mel"][~np.asarray(test["is_mixture"], dtype=bool)]
+    test = read_split("test", ["log_mel", "target", "is_mixture"], shards)
+    single = ~np.asarray(test["is_mixture"], dtype=bool)
+    real_mels = test["log_mel"][single]
+    real_classes = [t for t, keep in zip(test["target"], single) if keep]
     extractor = feature_extractor(params, evaluator)
-    metrics, per_class, sets = {}, [], []
+    metrics = vae_reconstruction(finetuned, real_mels, real_classes, evaluator)
+    per_class, sets = [], []
     work = Path(tempfile.mkdtemp(prefix="specldm-evaluate-"))
     batch_size = params.evaluate.batch_size
 
@@ -218,6 +259,8 @@ def evaluate(params: Params, shards: Path = SHARDS_DIR, samples: Path = SAMPLES_
     try:
         for resolution in params.sample.resolutions:
             references = references_at(resolution)
+            metrics[f"accuracy.real.{resolution}"] = accuracy(evaluator.recognised(
+                as_clips(torch.from_numpy(references.images), spec), real_classes))
             for model in MODELS:
                 folder = samples / model / resolution
                 scores, classes = score_set(folder, references, extractor, evaluator, batch_size)
@@ -229,7 +272,7 @@ def evaluate(params: Params, shards: Path = SHARDS_DIR, samples: Path = SAMPLES_
         checkpoint_sets = sorted((samples / "checkpoints").glob(f"step-*/{training}"))
         references = references_at(training) if checkpoint_sets else None
         curve = [{"step": int(folder.parent.name.split("-")[1]),
-                  "fid": fid_from_features(folder_features(folder, extractor, batch_size), references.features)}
+                  "fid": frechet_distance(folder_features(folder, extractor, batch_size), references.features)}
                  for folder in checkpoint_sets]
     finally:
         shutil.rmtree(work, ignore_errors=True)

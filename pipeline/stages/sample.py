@@ -6,6 +6,12 @@ each class and ``sample.per_class`` seeds: a PNG, a WAV for the first
 ``prompts.csv`` table, in ``data/samples/<model>/<H>x<W>/``. Each kept training
 checkpoint also gets a small set at the training geometry, in
 ``data/samples/checkpoints/step-NNNNNN/``, for the FID-by-checkpoint curve.
+
+When ``sample.guidance_scale`` lists candidates, each model first draws a small set at
+the training geometry with each, from seeds no reported set uses, and keeps the scale
+whose samples lie closest (Frechet distance in the evaluator's embedding) to the
+validation clips. The test split plays no part in the choice; ``metrics/guidance.json``
+records it with every candidate's distance and accuracy.
 """
 
 from __future__ import annotations
@@ -16,17 +22,21 @@ import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+import torch
 from diffusers import UNet2DConditionModel
 from tqdm import tqdm
 
 from pipeline import params as params_module
 from pipeline.audio.shards import read_spec, read_split, shard_files
 from pipeline.errors import stage_main
+from pipeline.files import write_json
 from pipeline.models.checkpoints import checkpoints
+from pipeline.models.evaluator import Evaluator, accuracy, as_clips, frechet_distance
 from pipeline.models.generate import generate_images, image_to_audio, load_generator, save_png, save_wav
 from pipeline.params import Params, SampleParams, format_resolution, parse_resolution
-from pipeline.paths import CHECKPOINT_DIR, MODELS, SAMPLES_DIR, SHARDS_DIR
+from pipeline.paths import CHECKPOINT_DIR, EVALUATOR_DIR, METRICS_DIR, MODELS, SAMPLES_DIR, SHARDS_DIR
 
 
 def slug(name: str) -> str:
@@ -51,14 +61,44 @@ def plan(prompts: list[dict], per_class: int, seed: int) -> list[dict]:
             for c, p in enumerate(prompts) for k in range(per_class)]
 
 
-def sample_set(pipe, rows: list[dict], height: int, width: int, config: SampleParams, spec,
-               out_dir: Path, wavs_per_class: int, progress) -> None:
+GUIDANCE_METRICS = METRICS_DIR / "guidance.json"
+VALIDATION_PER_CLASS = 1  # samples per class and candidate scale when choosing the guidance
+VALIDATION_SEED = 1_000_000_007  # added to sample.seed: the choice draws seeds no reported set uses
+
+
+def choose_guidance(pipe, prompts: list[dict], config: SampleParams, spec, evaluator: Evaluator,
+                    validation_mels: np.ndarray, progress) -> tuple[float, dict]:
+    """The candidate scale whose samples lie closest to the validation clips, and for each
+    candidate its distance and how often the evaluator heard the prompted class."""
+    if len(config.guidance_scales) == 1:
+        return config.guidance_scales[0], {}
+    rows = plan(prompts, VALIDATION_PER_CLASS, config.seed + VALIDATION_SEED)
+    real = evaluator.embed(validation_mels)
+    scores = {}
+    for scale in config.guidance_scales:
+        images = generate_images(pipe, [r["prompt"] for r in rows], [r["seed"] for r in rows],
+                                 spec.image_size, spec.image_size, config.steps, scale, config.batch_size)
+        clips = as_clips(torch.from_numpy(images), spec)
+        scores[str(scale)] = {"fd_val": frechet_distance(evaluator.embed(clips), real),
+                              "accuracy_val": accuracy(evaluator.recognised(clips, [r["class_id"] for r in rows]))}
+        progress.update(len(rows))
+    chosen = min(config.guidance_scales, key=lambda scale: scores[str(scale)]["fd_val"])
+    return chosen, scores
+
+
+def validation_clips(shards: Path) -> np.ndarray:
+    rows = read_split("val", ["log_mel", "is_mixture"], shards)
+    return rows["log_mel"][~np.asarray(rows["is_mixture"], dtype=bool)]
+
+
+def sample_set(pipe, rows: list[dict], height: int, width: int, config: SampleParams, guidance: float,
+               spec, out_dir: Path, wavs_per_class: int, progress) -> None:
     shutil.rmtree(out_dir, ignore_errors=True)
     out_dir.mkdir(parents=True)
     for start in range(0, len(rows), config.batch_size):
         batch = rows[start:start + config.batch_size]
         images = generate_images(pipe, [r["prompt"] for r in batch], [r["seed"] for r in batch],
-                                 height, width, config.steps, config.guidance_scale, config.batch_size)
+                                 height, width, config.steps, guidance, config.batch_size)
         for row, grey in zip(batch, images):
             save_png(out_dir / row["file"], grey)
             row["wav"] = None
@@ -66,34 +106,44 @@ def sample_set(pipe, rows: list[dict], height: int, width: int, config: SamplePa
                 row["wav"] = row["file"].replace(".png", ".wav")
                 save_wav(out_dir / row["wav"], image_to_audio(grey, spec, seed=row["seed"]), spec.sample_rate)
         progress.update(len(batch))
-    columns = ["file", "wav", "class_id", "class_name", "prompt", "seed"]
-    pd.DataFrame(rows)[columns].to_csv(out_dir / "prompts.csv", index=False)
+    columns = ["file", "wav", "class_id", "class_name", "prompt", "seed", "guidance"]
+    pd.DataFrame(rows).assign(guidance=guidance)[columns].to_csv(out_dir / "prompts.csv", index=False)
 
 
 def sample(params: Params, shards: Path = SHARDS_DIR, out_dir: Path = SAMPLES_DIR,
-           models: dict[str, Path] = MODELS, checkpoint_dir: Path = CHECKPOINT_DIR) -> None:
+           models: dict[str, Path] = MODELS, checkpoint_dir: Path = CHECKPOINT_DIR,
+           evaluator_dir: Path = EVALUATOR_DIR, guidance_file: Path = GUIDANCE_METRICS) -> dict:
     config = params.sample
     spec = read_spec(shard_files("train", shards)[0])
     prompts = class_prompts(shards)
+    evaluator = Evaluator.load(evaluator_dir)
+    validation = validation_clips(shards)
     sizes = [parse_resolution(r) for r in config.resolutions]
     kept = checkpoints(checkpoint_dir) if config.checkpoint_per_class else []
-    total = (len(models) * len(sizes) * config.per_class + len(kept) * config.checkpoint_per_class) * len(prompts)
+    choosing = VALIDATION_PER_CLASS * len(config.guidance_scales) if len(config.guidance_scales) > 1 else 0
+    total = (len(models) * (len(sizes) * config.per_class + choosing)
+             + len(kept) * config.checkpoint_per_class) * len(prompts)
     progress = tqdm(total=total, desc="sample", unit="img", file=sys.stderr)
     shutil.rmtree(out_dir, ignore_errors=True)
+    guidance = {}
     for model, path in models.items():
         pipe = load_generator(path, config.scheduler)
+        scale, candidates = choose_guidance(pipe, prompts, config, spec, evaluator, validation, progress)
+        guidance[model] = {"guidance_scale": scale, "candidates": candidates}
         for height, width in sizes:
-            sample_set(pipe, plan(prompts, config.per_class, config.seed), height, width, config, spec,
+            sample_set(pipe, plan(prompts, config.per_class, config.seed), height, width, config, scale, spec,
                        out_dir / model / format_resolution(height, width), config.wavs_per_class, progress)
     if kept:
         pipe = load_generator(models["finetuned"], config.scheduler)
         for checkpoint in kept:
             pipe.unet = UNet2DConditionModel.from_pretrained(checkpoint / "unet", use_safetensors=True).eval()
             sample_set(pipe, plan(prompts, config.checkpoint_per_class, config.seed),
-                       spec.image_size, spec.image_size, config, spec,
+                       spec.image_size, spec.image_size, config, guidance["finetuned"]["guidance_scale"], spec,
                        out_dir / "checkpoints" / checkpoint.name / format_resolution(spec.image_size, spec.image_size),
                        0, progress)
     progress.close()
+    write_json(guidance_file, guidance)
+    return guidance
 
 
 @stage_main("sample")

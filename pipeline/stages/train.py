@@ -1,9 +1,9 @@
 """Stage ``train``: fine-tune the base model's U-Net on spectrogram shards -> ``models/finetuned/``.
 
-:func:`train` reads top to bottom: load the base, adapt the VAE (optionally fine-tune its
-decoder), encode the training set once (a VAE posterior per image), start or resume the
+:func:`train` reads top to bottom: load the base, adapt the VAE (fine-tune it on
+spectrograms), encode the training set once (a VAE posterior per image), start or resume the
 optimisation, then the diffusion loop (:func:`train_step` under accelerate; caption dropout
-for classifier-free guidance; EMA; checkpoints). No flips or crops touch the images: they
+for classifier-free guidance; EMA; checkpoints). No flips or crops touch the U-Net's images: they
 would reverse or cut time.
 
 Every random draw of micro-batch ``m`` (its rows, noise, timesteps, dropped captions)
@@ -40,7 +40,7 @@ from pipeline.models.diffusion import (
     caption_embeddings,
     diffusion_training_loss,
     load_pipeline,
-    pm1_to_uint8_grey,
+    reconstruct,
     save_pipeline,
     uint8_to_pm1,
     write_spec,
@@ -102,37 +102,46 @@ def cache_posteriors(vae, shards: Path, batch_size: int, device) -> tuple[torch.
 
 # ------------------------------------------------------------------ VAE
 
-@torch.no_grad()
-def vae_mae_db(vae, images: np.ndarray, log_mels: np.ndarray, spec, device, batch_size: int = 32) -> float:
+def vae_mae_db(vae, images: np.ndarray, log_mels: np.ndarray, spec) -> float:
     """Mean absolute error, in dB on the native mel, of the VAE's reconstruction of images."""
-    errors = []
-    for start in range(0, len(images), batch_size):
-        pm1 = uint8_to_pm1(images[start:start + batch_size]).to(device, vae.dtype)
-        decoded = vae.decode(vae.encode(pm1).latent_dist.mean).sample
-        recovered = image_to_log_mel(torch.from_numpy(pm1_to_uint8_grey(decoded.cpu())), spec,
-                                     n_frames=log_mels.shape[-1])
-        errors.append((recovered - torch.from_numpy(log_mels[start:start + batch_size])).abs().flatten())
-    return float(torch.cat(errors).mean())
+    recovered = image_to_log_mel(torch.from_numpy(reconstruct(vae, images)), spec, n_frames=log_mels.shape[-1])
+    return float((recovered - torch.from_numpy(log_mels)).abs().mean())
 
 
-def finetune_vae_decoder(vae, shards: Path, config: TrainParams, device, live) -> None:
-    """The report's autoencoder experiment: the decoder learns spectrogram detail (L1)."""
-    vae.requires_grad_(False)
-    vae.decoder.requires_grad_(True)
-    optimizer = torch.optim.AdamW(vae.decoder.parameters(), lr=config.vae_learning_rate)
+def vae_crops(images: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    """One random ``size``-px square of each image (the whole image when it is no larger)."""
+    height, width = images.shape[-2:]
+    size = min(size, height, width)
+    tops = rng.integers(0, height - size + 1, len(images))
+    lefts = rng.integers(0, width - size + 1, len(images))
+    return np.stack([image[t:t + size, left:left + size] for image, t, left in zip(images, tops, lefts)])
+
+
+def finetune_vae(vae, shards: Path, config: TrainParams, device, live) -> None:
+    """The report's autoencoder fine-tuning (its Fig. 3.3/3.4), encoder and decoder both: the
+    loss (L1 plus a small KL term) is the pre-training's, the images are the training
+    spectrograms. Tuning the decoder alone cannot help: what a photo-trained encoder drops
+    of a spectrogram no decoder can draw back. Crops: the VAE is convolutional without
+    attention, so small squares teach it what whole images need, at a fraction of the cost."""
     train = read_split("train", ["image"], shards)["image"]
-    vae.train()
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=config.vae_learning_rate)
+    # a cosine decay to zero: at a constant rate the reconstructions stop improving early
+    schedule = get_scheduler("cosine", optimizer, num_warmup_steps=0, num_training_steps=config.vae_steps)
+    vae.requires_grad_(True).train()
     for step in tqdm(range(config.vae_steps), desc="finetune vae", unit="step", file=sys.stderr):
-        rows = micro_batch_rows(step, len(train), min(config.batch_size, len(train)), config.seed + 1)
-        images = uint8_to_pm1(train[rows]).to(device, vae.dtype)
-        with torch.no_grad():
-            latents = vae.encode(images).latent_dist.mean
-        loss = (vae.decode(latents).sample - images).abs().mean()
+        rows = micro_batch_rows(step, len(train), min(config.vae_batch_size, len(train)), config.seed + 1)
+        crops = vae_crops(train[rows], config.vae_crop_size, np.random.default_rng([config.seed, step]))
+        images = uint8_to_pm1(crops).to(device, vae.dtype)
+        posterior = vae.encode(images).latent_dist
+        drawn = vae.decode(posterior.sample(generator=micro_batch_generator(config.seed + 1, step))).sample
+        loss = (drawn - images).abs().mean() + config.vae_kl_weight * posterior.kl().mean()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        live.log_metric("vae_finetune/l1", float(loss))
-        live.next_step()
+        schedule.step()
+        if (step + 1) % config.log_every == 0:  # dvclive rewrites its files at every step logged
+            live.log_metric("vae_finetune/loss", loss.item())
+            live.next_step()
     vae.requires_grad_(False).eval()
 
 
@@ -221,23 +230,27 @@ def load_base(base: Path, config: TrainParams, device):
 
 
 def adapt_vae(vae, shards: Path, spec, config: TrainParams, resumed, live, device) -> dict:
-    """Fine-tune the VAE decoder if asked (or take it from the checkpoint resumed from), and
-    report its reconstruction error on the validation spectrograms before and after."""
+    """Fine-tune the VAE if asked (or take it from the checkpoint resumed from), and report
+    its reconstruction error on the validation spectrograms before and after."""
     validation = read_split("val", ["image", "log_mel"], shards)
-    before = vae_mae_db(vae, validation["image"], validation["log_mel"], spec, device)
+    before = vae_mae_db(vae, validation["image"], validation["log_mel"], spec)
     if config.finetune_vae:
         if resumed is not None:
             vae.load_state_dict(resumed[2]["vae"])
         else:
-            finetune_vae_decoder(vae, shards, config, device, live)
+            finetune_vae(vae, shards, config, device, live)
     vae.requires_grad_(False).eval()
     # an untouched VAE reconstructs as it did: no second pass over the validation split
-    after = vae_mae_db(vae, validation["image"], validation["log_mel"], spec, device) if config.finetune_vae else before
+    after = vae_mae_db(vae, validation["image"], validation["log_mel"], spec) if config.finetune_vae else before
     return {"vae_val_mae_db_before": before, "vae_val_mae_db_after": after}
 
 
-def encode_training_set(pipe, shards: Path, device) -> TrainingSet:
+def encode_training_set(pipe, shards: Path, device, vae_tuned: bool) -> TrainingSet:
     means, stds, captions = cache_posteriors(pipe.vae, shards, 32, device)
+    if vae_tuned:
+        # a tuned VAE's latents have a spread of their own: scale them to unit variance
+        # again, as the pre-training did (SD's 0.18215 plays this part for its VAE)
+        pipe.vae.register_to_config(scaling_factor=float(1.0 / means.std()))
     states_by_caption = caption_embeddings(pipe, captions)
     return TrainingSet(means, stds, torch.stack([states_by_caption[c] for c in captions]),
                        states_by_caption[""], pipe.vae.config.scaling_factor)
@@ -288,7 +301,7 @@ def train(params: Params, shards: Path = SHARDS_DIR, base: Path = PRETRAINED_DIR
     resumed = latest_checkpoint(checkpoint_dir, run_fingerprint)
     live = Live(str(live_dir), save_dvc_exp=False, dvcyaml=False)
     report = adapt_vae(pipe.vae, shards, spec, config, resumed, live, device)
-    data = encode_training_set(pipe, shards, device)
+    data = encode_training_set(pipe, shards, device, config.finetune_vae)
     optimizer, scheduler, ema, progress = start_optimisation(pipe.unet, config, resumed)
     unet, optimizer, scheduler = accelerator.prepare(pipe.unet, optimizer, scheduler)
     for row in progress.history:  # the log of the steps before the checkpoint, as the new run's start
