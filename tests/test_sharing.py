@@ -11,7 +11,8 @@ import yaml
 
 from conftest import commit, make_tiny_repo, run
 
-TABLE_KEYS = {f"{name}.{model}.{resolution}" for name in ("fid", "kid", "fd_evaluator", "accuracy")
+TABLE_KEYS = {f"{name}.{model}.{resolution}"
+              for name in ("fid", "kid", "fd_evaluator", "accuracy", "fd_audio", "accuracy_audio")
               for model in ("pretrained", "finetuned") for resolution in ("64x64", "64x400")}
 
 
@@ -99,5 +100,7 @@ def test_branch_reports_only_the_table_keys_it_moved(origin):
     ran = run(["dvc", "repro"], origin)
     assert "Running stage 'sample'" in ran and "Running stage 'train'" not in ran
     diff = json.loads(run(["dvc", "metrics", "diff", "main", "--json"], origin))
-    assert set(diff) == {"metrics/metrics.json"}
+    # the sample sets moved, and the guidance record says why; the ceilings did not move
+    assert set(diff) == {"metrics/metrics.json", "metrics/guidance.json"}
     assert diff["metrics/metrics.json"] and set(diff["metrics/metrics.json"]) <= TABLE_KEYS
+    assert diff["metrics/guidance.json"]["finetuned.guidance_scale"]["new"] == 6.0
