@@ -6,11 +6,11 @@ pipeline.stages.render`` is the ``render`` stage): each reads ``params.yaml`` an
 library parts together; no stage imports another, and the paths they share are in
 ``paths.py``. ``sources/`` is where clips come from (synthetic, AudioSet through yt-dlp and
 its worker processes, local recordings) and the manifest all of them write. ``audio/`` owns
-every audio constant and conversion (``SpectrogramSpec``: waveform, log-mel, image) and the
-Parquet shards that carry them. ``models/`` holds the diffusion model's parts, generation,
-the evaluator network and checkpoints. Beside them: ``params.py`` (validated parameters),
-``errors.py`` (errors a user can act on), ``provenance.py`` (which code each stage runs),
-``files.py`` (atomic writes), ``ontology.py`` (AudioSet's classes), ``cli.py`` (the
-``specldm`` command). A new stage goes in ``stages/``, a new source in ``sources/``, a new
-network in ``models/``.
+every audio constant and conversion (``SpectrogramSpec``: waveform, log-mel, image), the
+Parquet shards that carry them and the waveforms behind each shard row. ``models/`` holds the
+diffusion model's parts, generation, the vocoders, the evaluator network and checkpoints.
+Beside them: ``params.py`` (validated parameters), ``errors.py`` (errors a user can act
+on), ``provenance.py`` (which code each stage runs), ``files.py`` (atomic writes),
+``ontology.py`` (AudioSet's classes), ``cli.py`` (the ``specldm`` command). A new stage
+goes in ``stages/``, a new source in ``sources/``, a new network in ``models/``.
 """

@@ -16,6 +16,7 @@ from pipeline.errors import PipelineError
 
 GENERATE_EXAMPLES = """examples:
   specldm generate "Church bell" --out bell.wav
+  specldm generate "Church bell" --vocoder griffin_lim --out bell-gl.wav
   specldm generate "a spectrogram of the sound of Rain" --seconds 5 --out rain.wav
   specldm generate /m/03w41f --height 64 --width 400 --steps 50 --guidance 5 --seed 3
 """
@@ -37,6 +38,7 @@ def generate(args) -> None:
     from pipeline.errors import ModelError
     from pipeline.models.diffusion import read_model_spec
     from pipeline.models.generate import generate_images, image_to_audio, load_generator, save_png, save_wav
+    from pipeline.models.vocoder import vocoder_for
 
     model = Path(args.model)
     if not (model / "model_index.json").exists():
@@ -47,15 +49,18 @@ def generate(args) -> None:
     prompt = resolve_prompt(args.text, settings.subset.caption_template)
     height = spec.image_size if args.height is None else args.height
     width = width_for_seconds(args.seconds, spec) if args.width is None else args.width
+    if args.griffin_lim_iters is not None:
+        spec = spec.replace(griffin_lim_iters=args.griffin_lim_iters)
+    vocoder, vocode = vocoder_for(args.vocoder, spec, args.vocoder_dir)
     pipe = load_generator(model, args.scheduler)
     grey = generate_images(pipe, [prompt], [args.seed], height, width, args.steps, args.guidance)[0]
-    audio = image_to_audio(grey, spec, n_iter=args.griffin_lim_iters, seed=args.seed)
+    audio = image_to_audio(grey, spec, vocode, args.seed)
     if args.width is None:
         audio = audio[:round(args.seconds * spec.sample_rate)]
     out = Path(args.out)
     save_wav(out, audio, spec.sample_rate)
     save_png(out.with_suffix(".png"), grey)
-    print(f"{out} ({len(audio) / spec.sample_rate:.2f} s) and {out.with_suffix('.png')} "
+    print(f"{out} ({len(audio) / spec.sample_rate:.2f} s, {vocoder} vocoder) and {out.with_suffix('.png')} "
           f"({height}x{width}) from {prompt!r}")
 
 
@@ -123,6 +128,9 @@ def main(argv: list[str] | None = None) -> int:
                       help="classifier-free guidance scale (1 = none)")
     make.add_argument("--seed", type=int, default=0)
     make.add_argument("--scheduler", default="dpm++", choices=params.SCHEDULER_NAMES)
+    make.add_argument("--vocoder", default="auto", choices=params.VOCODER_CHOICES,
+                      help="auto: whichever did better on the validation clips when models/vocoder was trained")
+    make.add_argument("--vocoder-dir", default="models/vocoder", help="the neural vocoder (train_vocoder's output)")
     make.add_argument("--griffin-lim-iters", type=_whole_number(1),
                       help="default: the model's SpectrogramSpec")
     make.add_argument("--params", default=str(params.PARAMS_YAML),

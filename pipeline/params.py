@@ -337,6 +337,32 @@ class EvaluatorParams:
         _require(self.learning_rate > 0, "evaluator.learning_rate", "must be positive")
 
 
+@dataclass(frozen=True)
+class VocoderParams:
+    seed: int = 0
+    steps: int = 4000
+    batch_size: int = 16
+    crop_frames: int = 16  # mel frames per training crop (16 x 78 ms = 1.25 s at the default spec)
+    learning_rate: float = 2e-3  # AdamW, cosine decay to zero
+    mel_weight: float = 2.0  # of the mel error in dB, beside the multi-resolution STFT distance
+    dim: int = 128
+    intermediate_dim: int = 384
+    num_layers: int = 6
+    n_fft: int = 1024  # of the inverse STFT head, at spectrogram.vocoder_hop_length
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    log_every: int = 50
+
+    def __post_init__(self) -> None:
+        for key in ("steps", "batch_size", "crop_frames", "dim", "intermediate_dim", "num_layers",
+                    "checkpoint_every", "keep_checkpoints", "log_every"):
+            _require(getattr(self, key) >= 1, f"vocoder.{key}", "must be at least 1")
+        _require(self.learning_rate > 0, "vocoder.learning_rate", "must be positive")
+        _require(self.mel_weight >= 0, "vocoder.mel_weight", "must not be negative")
+        _require(self.n_fft >= 16 and self.n_fft % 2 == 0, "vocoder.n_fft", "must be an even number, at least 16")
+
+
+VOCODER_CHOICES = ("auto", "griffin_lim", "neural")
 SCHEDULER_NAMES = ("dpm++", "ddim", "ddpm", "euler", "euler_a", "heun", "lms", "pndm", "unipc")
 
 
@@ -370,7 +396,10 @@ class SampleParams:
     scheduler: str = "dpm++"
     seed: int = 0
     batch_size: int = 16
-    wavs_per_class: int = 2  # Griffin-Lim is the slow part; PNGs are written for every sample
+    wavs_per_class: int = 2  # vocoding is the slow part; PNGs are written for every sample
+    # "auto": whichever of griffin_lim and neural was closer to the validation clips'
+    # mels when train_vocoder ran (recorded in models/vocoder/config.json)
+    vocoder: str = "auto"
     checkpoint_per_class: int = 1  # samples per class from each kept checkpoint (FID curve)
 
     def __post_init__(self) -> None:
@@ -389,6 +418,7 @@ class SampleParams:
         _require(0 <= self.wavs_per_class <= self.per_class, "sample.wavs_per_class",
                  "must be within [0, sample.per_class]")
         _require(self.checkpoint_per_class >= 0, "sample.checkpoint_per_class", "must not be negative")
+        _require(self.vocoder in VOCODER_CHOICES, "sample.vocoder", f"must be one of {VOCODER_CHOICES}")
 
     @property
     def guidance_scales(self) -> tuple[float, ...]:
@@ -420,11 +450,15 @@ class Params:
     pretrain: PretrainParams = field(default_factory=PretrainParams)
     train: TrainParams = field(default_factory=TrainParams)
     evaluator: EvaluatorParams = field(default_factory=EvaluatorParams)
+    vocoder: VocoderParams = field(default_factory=VocoderParams)
     sample: SampleParams = field(default_factory=SampleParams)
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
 
     def __post_init__(self) -> None:
         _ = self.spec  # validates the combination
+        _require(self.vocoder.n_fft > self.spectrogram.vocoder_hop_length, "vocoder.n_fft",
+                 f"must exceed spectrogram.vocoder_hop_length={self.spectrogram.vocoder_hop_length} "
+                 "(the inverse STFT's frames must overlap)")
 
     @property
     def spec(self) -> SpectrogramSpec:

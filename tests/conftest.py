@@ -103,14 +103,21 @@ def tiny_base(tmp_path_factory, tiny_shards):
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory, tiny_shards, tiny_base):
-    """Fine-tuned model (6 steps, with checkpoints) and evaluator on the tiny shards."""
+    """Fine-tuned model (6 steps, with checkpoints), evaluator and vocoder on the tiny shards."""
     from pipeline.stages.train import train
     from pipeline.stages.train_evaluator import train_evaluator
+    from pipeline.stages.train_vocoder import train_vocoder
 
     shards, params = tiny_shards
     root = tmp_path_factory.mktemp("models")
     train(params, shards, tiny_base, root / "finetuned", root / "checkpoints", root / "live")
     report = train_evaluator(params, shards, root / "evaluator")
+    train_vocoder(params, *tiny_audio(shards), root / "vocoder", root / "vocoder_checkpoints")
     return {"pretrained": tiny_base, "finetuned": root / "finetuned",
             "checkpoints": root / "checkpoints", "evaluator": root / "evaluator",
-            "evaluator_report": report}
+            "evaluator_report": report, "vocoder": root / "vocoder"}
+
+
+def tiny_audio(shards: Path) -> tuple[Path, Path, Path]:
+    """(shards, subset index, raw clips) of a tiny dataset, as train_vocoder and evaluate take them."""
+    return shards, shards.parent / "subset" / "index.parquet", shards.parent / "raw"

@@ -49,11 +49,13 @@ def test_dvc_repro_runs_the_dag_and_invalidates_precisely(repo):
         ("spectrogram", "sample_rate", 22_050, {"acquire", "render"}),
         ("spectrogram", "n_mels", 64, {"render"}),
         ("subset", "caption_template", "a sound of {name}", {"subset"}),
-        ("subset", "mix_domain", "mel", {"render"}),
+        ("subset", "mix_domain", "mel", {"render", "train_vocoder"}),
         ("render", "image_size", 128, {"render", "pretrain"}),
         ("model", "unet_channels", [16, 16], {"pretrain"}),
         ("train", "learning_rate", 1e-3, {"train"}),
         ("evaluator", "epochs", 3, {"train_evaluator"}),
+        ("vocoder", "steps", 3, {"train_vocoder"}),
+        ("sample", "vocoder", "griffin_lim", {"sample"}),
         ("sample", "guidance_scale", 5.0, {"sample"}),
         ("sample", "batch_size", 3, set()),  # per-image seeds: batching cannot change a sample
         ("sample", "resolutions", ["64x64"], {"sample", "evaluate"}),
@@ -63,16 +65,16 @@ def test_dvc_repro_runs_the_dag_and_invalidates_precisely(repo):
         assert changed_stages(repo, group, key, value) == stages, f"{group}.{key}"
     assert "up to date" in run(["dvc", "status"], repo).lower()
 
-    downstream = {"render", "train", "train_evaluator", "sample", "evaluate"}
+    downstream = {"render", "train", "train_evaluator", "train_vocoder", "sample", "evaluate"}
     assert stages_run(repo, "subset", "caption_template", "a sound of {name}") == {"subset"} | downstream
     assert stages_run(repo, "sample", "guidance_scale", 4.0) == {"sample", "evaluate"}
 
     # Code: a change reruns every stage that runs it, through any chain of imports, and no
-    # other (evaluate only reads the samples: it reruns if they change).
+    # other (evaluate vocodes the samples' images too; train reads only shards).
     generate = repo / "pipeline" / "models" / "generate.py"
     original = generate.read_text()
     generate.write_text(original + "\n# another inversion, say\n")
-    assert set(json.loads(run(["dvc", "status", "--json"], repo))) == {"sample"}
+    assert set(json.loads(run(["dvc", "status", "--json"], repo))) == {"sample", "evaluate"}
     generate.write_text(original)
     spectrogram = repo / "pipeline" / "audio" / "spectrogram.py"  # sample -> generate -> Griffin-Lim
     original = spectrogram.read_text()
@@ -91,7 +93,8 @@ def test_dvc_repro_runs_the_dag_and_invalidates_precisely(repo):
     assert shard.read_bytes() == intact
 
     # Other audio under the same clip names: every stage from acquire on reruns, on the new audio.
-    assert stages_run(repo, "source", "seed", 1) >= {"acquire", "render", "train", "sample", "evaluate"}
+    assert stages_run(repo, "source", "seed", 1) >= {"acquire", "render", "train", "train_vocoder", "sample",
+                                                     "evaluate"}
     rows = pq.read_table(shard, columns=["source_ids", "log_mel"]).to_pylist()
     first = next(row for row in rows if len(row["source_ids"]) == 1)
     params = Params()  # the tiny profile's spectrogram settings are the defaults

@@ -13,10 +13,13 @@ from pipeline import cli
 from pipeline.audio.spectrogram import SpectrogramSpec, log_mel_to_grey, waveform_to_log_mel
 from pipeline.models.evaluator import Evaluator, frechet_distance
 from pipeline.models.generate import SCHEDULERS, load_generator
+from pipeline.models.vocoder import VOCODERS
 from pipeline.params import SCHEDULER_NAMES
 from pipeline.sources.synthetic import CATALOGUE, render_clip
 from pipeline.stages.evaluate import EvaluatorExtractor, evaluate, folder_features, kernel_distance
 from pipeline.stages.sample import sample
+
+from conftest import tiny_audio
 
 
 def class_images(name: str, count: int, spec: SpectrogramSpec, seed: int) -> np.ndarray:
@@ -82,9 +85,10 @@ def evaluated(tmp_path_factory, tiny_shards, tiny_models):
     root = tmp_path_factory.mktemp("evaluated")
     models = {"pretrained": tiny_models["pretrained"], "finetuned": tiny_models["finetuned"]}
     guidance = sample(params, shards, root / "samples", models, tiny_models["checkpoints"],
-                      tiny_models["evaluator"], root / "metrics" / "guidance.json")
+                      tiny_models["evaluator"], root / "metrics" / "guidance.json", tiny_models["vocoder"])
+    _, index, raw = tiny_audio(shards)
     metrics = evaluate(params, shards, root / "samples", tiny_models["evaluator"], root / "metrics",
-                       tiny_models["finetuned"])
+                       tiny_models["finetuned"], tiny_models["vocoder"], index, raw)
     return root, params, metrics, guidance
 
 
@@ -122,21 +126,27 @@ def test_the_guidance_scale_is_chosen_on_the_validation_split(evaluated, tmp_pat
     params = dataclasses.replace(params, sample=dataclasses.replace(params.sample, resolutions=("64x64",),
                                                                      checkpoint_per_class=0))
     again = sample(params, tmp_path / "shards", tmp_path / "samples", models, tiny_models["checkpoints"],
-                   tiny_models["evaluator"], tmp_path / "guidance.json")
+                   tiny_models["evaluator"], tmp_path / "guidance.json", tiny_models["vocoder"])
     assert again == guidance
 
 
 def test_metrics_are_keyed_as_designed(evaluated):
     root, _, metrics, _ = evaluated
     scores = ("fid", "kid", "fd_evaluator", "accuracy", "fd_audio", "accuracy_audio")
+    scores += tuple(f"vocoder.{v}.{name}" for v in VOCODERS for name in ("fd_audio", "accuracy_audio"))
     expected = {f"{name}.{model}.{resolution}" for name in scores
                 for model in ("pretrained", "finetuned", "real") for resolution in ("64x64", "64x400")
                 if model != "real" or name == "accuracy"}
     expected |= {"reconstruction.vae.accuracy", "reconstruction.vae.mae_db"}
+    expected |= {f"vocoder.{v}.{name}" for v in VOCODERS
+                 for name in ("mel_l1_db", "mrstft", "accuracy", "real_time_factor")}
     assert set(metrics) == expected
     assert json.loads((root / "metrics" / "metrics.json").read_text()) == metrics
     assert all(isinstance(v, float) and np.isfinite(v) for v in metrics.values())
-    assert all(0.0 <= metrics[k] <= 1.0 for k in expected if k.startswith("accuracy"))
+    assert all(0.0 <= metrics[k] <= 1.0 for k in expected if "accuracy" in k)
+    # the sample stage's WAVs are scored under the old names too: they are one vocoder's audio
+    written = pd.read_csv(root / "samples" / "finetuned" / "64x64" / "prompts.csv").vocoder.iloc[0]
+    assert metrics["accuracy_audio.finetuned.64x64"] == metrics[f"vocoder.{written}.accuracy_audio.finetuned.64x64"]
     extractor = json.loads((root / "metrics" / "feature_extractor.json").read_text())
     assert extractor["fid_kid"].startswith("specldm evaluator")  # no Inception weights offline
     table = (root / "metrics" / "table.md").read_text()
@@ -163,14 +173,14 @@ def test_accuracy_counts_what_the_evaluator_hears(tmp_path, tiny_shards, tiny_mo
     truth.to_csv(folder / "prompts.csv", index=False)
     extractor = EvaluatorExtractor(evaluator)
     references = References(mels, spec, 64, 64, tmp_path / "ref", extractor, 8)
-    scores, per_class = score_set(folder, references, extractor, evaluator, 8)
+    scores, per_class = score_set(folder, references, extractor, evaluator, {}, 8)
     predicted = evaluator.predict(torch.from_numpy(mels))
     expected = np.mean([evaluator.class_ids[p] == t for p, t in zip(predicted, targets)])
     assert scores["accuracy"] == pytest.approx(expected)
     rolled = np.roll(np.array(targets), 1)
     truth.assign(class_id=rolled).to_csv(folder / "prompts.csv", index=False)
     expected_rolled = np.mean([evaluator.class_ids[p] == t for p, t in zip(predicted, rolled)])
-    assert score_set(folder, references, extractor, evaluator, 8)[0]["accuracy"] == pytest.approx(expected_rolled)
+    assert score_set(folder, references, extractor, evaluator, {}, 8)[0]["accuracy"] == pytest.approx(expected_rolled)
     assert abs(scores["fd_evaluator"]) < 1e-3  # real clips against themselves
 
 
@@ -207,14 +217,15 @@ def test_what_users_hear_scores_as_the_image_when_the_audio_is_real(tmp_path, ti
     prompts.to_csv(folder / "prompts.csv", index=False)
     extractor = EvaluatorExtractor(evaluator)
     references = References(mels, spec, 64, 64, tmp_path / "ref", extractor, 8)
-    scores, _ = score_set(folder, references, extractor, evaluator, 8)
+    written = {"griffin_lim": None}  # prompts.csv names no vocoder: its WAVs are read, not vocoded
+    scores, _ = score_set(folder, references, extractor, evaluator, written, 8)
     assert scores["accuracy"] >= 0.75  # the ceiling: the evaluator hears these clips' classes
     assert scores["accuracy_audio"] == pytest.approx(scores["accuracy"], abs=1 / len(rows))
     quieter = frechet_distance(evaluator.embed(mels), evaluator.embed(mels - 30))
     assert scores["fd_audio"] < 0.05 * quieter  # the same audio, not merely audio
     shuffled = prompts.assign(class_id=np.random.default_rng(0).permutation(prompts.class_id))
     shuffled.to_csv(folder / "prompts.csv", index=False)
-    chance = score_set(folder, references, extractor, evaluator, 8)[0]
+    chance = score_set(folder, references, extractor, evaluator, written, 8)[0]
     assert chance["accuracy_audio"] < 0.5 and chance["accuracy"] < 0.5  # 4 classes: chance is 0.25
 
 
@@ -226,16 +237,22 @@ def run_cli(*argv):
         return exit.code
 
 
-def test_generate_writes_wav_of_the_requested_length(tmp_path, tiny_models, capsys):
+@pytest.mark.parametrize("vocoder", ["griffin_lim", "neural", "auto"])
+def test_generate_writes_wav_of_the_requested_length(tmp_path, tiny_models, capsys, vocoder):
     out = tmp_path / "bell.wav"
     code = run_cli("Church bell", "--model", str(tiny_models["finetuned"]), "--out", str(out),
                    "--seconds", "1.5", "--steps", "2", "--griffin-lim-iters", "2",
+                   "--vocoder", vocoder, "--vocoder-dir", str(tiny_models["vocoder"]),
                    "--params", str(tmp_path / "none.yaml"))
     assert code == 0, capsys.readouterr().err
     info = sf.info(out)
     assert (info.samplerate, info.channels, info.frames) == (16_000, 1, 24_000)
+    audio, _ = sf.read(out)
+    assert np.abs(audio).max() > 0  # a sound, not silence
     assert Image.open(out.with_suffix(".png")).size[1] == 64  # the model's training height
-    assert "a spectrogram of the sound of Church bell" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "a spectrogram of the sound of Church bell" in printed
+    assert f"{vocoder} vocoder" in printed or vocoder == "auto"
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -252,6 +269,9 @@ def test_generate_writes_wav_of_the_requested_length(tmp_path, tiny_models, caps
     (["Church bell", "--guidance", "-5"], "argument --guidance: -5 must be a finite number >= 1"),
     (["Church bell", "--griffin-lim-iters", "0"], "argument --griffin-lim-iters: 0 is below 1"),
     (["Church bell", "--out", "x.png"], "argument --out: 'x.png' must end in .wav"),
+    (["Church bell", "--vocoder", "hifigan"], "argument --vocoder: invalid choice: 'hifigan'"),
+    (["Church bell", "--vocoder", "neural", "--vocoder-dir", "/nonexistent/vocoder"],
+     "no neural vocoder at /nonexistent/vocoder; run `dvc repro train_vocoder`"),
 ])
 def test_generate_errors(tiny_models, capsys, argv, message):
     if "--model" not in argv:

@@ -144,3 +144,11 @@ def read_split(split: str, columns: Sequence[str], root: Path | str = SHARDS_DIR
         raise ShardError(f"split {split!r} under {root} has no rows; check {Path(root) / 'report.json'}")
     return {c: np.concatenate([b[c] for b in batches]) if isinstance(batches[0][c], np.ndarray)
             else [value for b in batches for value in b[c]] for c in columns}
+
+
+def read_single_clips(split: str, columns: Sequence[str], root: Path | str = SHARDS_DIR) -> dict:
+    """:func:`read_split` of the split's single-clip rows: mixtures have no one class to hear."""
+    rows = read_split(split, [*columns, "is_mixture"], root)
+    keep = ~np.asarray(rows["is_mixture"], dtype=bool)
+    return {c: rows[c][keep] if isinstance(rows[c], np.ndarray) else [v for v, k in zip(rows[c], keep) if k]
+            for c in columns}

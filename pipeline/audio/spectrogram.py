@@ -173,9 +173,8 @@ def waveform_to_log_mel(waveform: torch.Tensor, spec: SpectrogramSpec) -> torch.
         raise SpecError(f"waveform has {waveform.shape[-1]} samples; need at least one hop "
                         f"({spec.hop_length})")
     frames = waveform.shape[-1] // spec.hop_length
-    with torch.inference_mode():
-        power = _mel_transform(spec)(waveform)[..., :frames]
-        return power_to_db(power, spec)
+    # no inference_mode: the neural vocoder's loss backpropagates through this analysis
+    return power_to_db(_mel_transform(spec).to(waveform.device)(waveform)[..., :frames], spec)
 
 
 def power_to_db(power: torch.Tensor, spec: SpectrogramSpec) -> torch.Tensor:
@@ -264,7 +263,7 @@ def image_to_log_mel(image: torch.Tensor, spec: SpectrogramSpec,
     return spec.min_db + unit * (spec.max_db - spec.min_db)
 
 
-def _interpolate_frames(log_mel: torch.Tensor, step: float, count: int) -> torch.Tensor:
+def interpolate_frames(log_mel: torch.Tensor, step: float, count: int) -> torch.Tensor:
     """Linear interpolation along time at frame positions ``0, step, 2*step, ...``."""
     last = log_mel.shape[-1] - 1
     position = (torch.arange(count, dtype=torch.float32) * step).clamp(max=last)
@@ -285,7 +284,7 @@ def log_mel_to_waveform(log_mel: torch.Tensor, spec: SpectrogramSpec,
         raise SpecError(f"log-mel must be (..., {spec.n_mels}, frames); got {tuple(log_mel.shape)}")
     length = log_mel.shape[-1] * spec.hop_length
     fine_frames = 1 + length // spec.vocoder_hop_length
-    fine = _interpolate_frames(log_mel, spec.vocoder_hop_length / spec.hop_length, fine_frames)
+    fine = interpolate_frames(log_mel, spec.vocoder_hop_length / spec.hop_length, fine_frames)
     with torch.inference_mode(), torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         linear = _inverse_mel(spec)(db_to_power(fine))

@@ -42,7 +42,8 @@ def save_checkpoint(directory: Path, record: dict, state: dict, unet_for_samplin
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     save_state(state, staging / STATE_SUBDIR)
-    unet_for_sampling.save_pretrained(staging / "unet", safe_serialization=True)
+    if unet_for_sampling is not None:  # the vocoder's checkpoints have nothing to sample
+        unet_for_sampling.save_pretrained(staging / "unet", safe_serialization=True)
     write_json(staging / CHECKPOINT_RECORD, record)
     shutil.rmtree(final, ignore_errors=True)
     staging.rename(final)

@@ -24,9 +24,10 @@ from diffusers import (
 )
 from PIL import Image
 
-from pipeline.audio.spectrogram import SpectrogramSpec, check_image_size, image_to_log_mel, log_mel_to_waveform
+from pipeline.audio.spectrogram import SpectrogramSpec, check_image_size, image_to_log_mel
 from pipeline.files import atomic_path
 from pipeline.models.diffusion import ModelError, load_pipeline
+from pipeline.models.vocoder import Vocode
 
 SCHEDULERS = {
     "dpm++": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++"}),
@@ -81,13 +82,11 @@ def generate_images(pipe, prompts: list[str], seeds: list[int], height: int, wid
     return np.concatenate(images)
 
 
-def image_to_audio(grey: np.ndarray, spec: SpectrogramSpec, n_iter: int | None = None,
-                   seed: int = 0) -> np.ndarray:
-    """Griffin-Lim audio for one grey image, at the training time scale (``image_size``
-    pixels per ``clip_seconds``): a 64x400 image from a 512-trained model is 7.8 s."""
-    log_mel = image_to_log_mel(torch.from_numpy(grey), spec)
-    audio = log_mel_to_waveform(log_mel, spec, n_iter=n_iter, seed=seed).numpy()
-    return np.clip(audio, -1.0, 1.0)
+def image_to_audio(grey: np.ndarray, spec: SpectrogramSpec, vocode: Vocode, seed: int = 0) -> np.ndarray:
+    """Audio for one grey image through ``vocode`` (:func:`pipeline.models.vocoder.vocoder_for`),
+    at the training time scale (``image_size`` pixels per ``clip_seconds``): a 64x400 image
+    from a 512-trained model is 7.8 s."""
+    return vocode(image_to_log_mel(torch.from_numpy(grey), spec), seed)
 
 
 def save_png(path: Path, grey: np.ndarray) -> None:

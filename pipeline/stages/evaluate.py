@@ -41,14 +41,26 @@ from diffusers import AutoencoderKL
 from PIL import Image, ImageDraw
 
 from pipeline import params as params_module
-from pipeline.audio.shards import read_spec, read_split, shard_files
 from pipeline.audio.spectrogram import SpectrogramSpec, image_to_log_mel, log_mel_to_grey, waveform_to_log_mel
+from pipeline.audio.waveforms import split_waveforms
 from pipeline.errors import ModelError, stage_main
 from pipeline.files import atomic_path
 from pipeline.models.diffusion import reconstruct
 from pipeline.models.evaluator import Evaluator, accuracy, as_clips, db_to_01, frechet_distance
+from pipeline.models.generate import image_to_audio
+from pipeline.models.vocoder import VOCODERS, Vocode, resynthesis_scores, vocoder_for
 from pipeline.params import Params, format_resolution, parse_resolution
-from pipeline.paths import EVALUATOR_DIR, FINETUNED_DIR, METRICS_DIR, MODELS, SAMPLES_DIR, SHARDS_DIR
+from pipeline.paths import (
+    EVALUATOR_DIR,
+    FINETUNED_DIR,
+    METRICS_DIR,
+    MODELS,
+    RAW_DIR,
+    SAMPLES_DIR,
+    SHARDS_DIR,
+    SUBSET_DIR,
+    VOCODER_DIR,
+)
 
 INCEPTION_FILE = "inception-2015-12-05.pt"
 CLEANFID_CACHE = Path(tempfile.gettempdir()) / INCEPTION_FILE  # where clean-fid keeps it
@@ -140,21 +152,32 @@ def load_images(folder: Path, files: list[str]) -> np.ndarray:
     return np.stack([np.asarray(Image.open(folder / f).convert("L")) for f in files])
 
 
-def heard_as_image(folder: Path, files: list[str], height: int, width: int, spec: SpectrogramSpec) -> np.ndarray:
-    """Each WAV re-analysed with the SpectrogramSpec and rendered at ``height x width``: the
-    audio users hear, in the form the image scores read, so both pass the same steps."""
-    images = []
-    for name in files:
-        audio, rate = sf.read(folder / name, dtype="float32", always_2d=True)
-        if rate != spec.sample_rate:
-            raise ModelError(f"{folder / name}: {rate} Hz, but the SpectrogramSpec says {spec.sample_rate} Hz")
-        log_mel = waveform_to_log_mel(torch.from_numpy(audio.mean(axis=1)), spec)
-        images.append(log_mel_to_grey(log_mel, spec, height, width).numpy())
-    return np.stack(images)
+def read_wav(path: Path, spec: SpectrogramSpec) -> np.ndarray:
+    audio, rate = sf.read(path, dtype="float32", always_2d=True)
+    if rate != spec.sample_rate:
+        raise ModelError(f"{path}: {rate} Hz, but the SpectrogramSpec says {spec.sample_rate} Hz")
+    return audio.mean(axis=1)
+
+
+def heard_as_image(audio: list[np.ndarray], height: int, width: int, spec: SpectrogramSpec) -> np.ndarray:
+    """Each waveform re-analysed with the SpectrogramSpec and rendered at ``height x width``:
+    the audio users hear, in the form the image scores read, so both pass the same steps."""
+    return np.stack([log_mel_to_grey(waveform_to_log_mel(torch.from_numpy(a), spec), spec, height, width).numpy()
+                     for a in audio])
+
+
+def set_audio(folder: Path, voiced: pd.DataFrame, images: np.ndarray, vocoders: dict[str, Vocode],
+              spec: SpectrogramSpec) -> dict[str, list[np.ndarray]]:
+    """The voiced samples' audio from each vocoder: the set's own WAVs for the vocoder that
+    wrote them, the other vocoded here from the same images with the same seeds."""
+    written = voiced.vocoder.iloc[0] if "vocoder" in voiced else "griffin_lim"
+    return {name: [read_wav(folder / w, spec) for w in voiced.wav] if name == written
+            else [image_to_audio(grey, spec, vocode, seed) for grey, seed in zip(images, voiced.seed)]
+            for name, vocode in vocoders.items()}
 
 
 def score_set(folder: Path, references: References, extractor, evaluator: Evaluator,
-              batch_size: int) -> tuple[dict, pd.DataFrame]:
+              vocoders: dict[str, Vocode], batch_size: int) -> tuple[dict, pd.DataFrame]:
     prompts = pd.read_csv(folder / "prompts.csv")
     generated_features = folder_features(folder, extractor, batch_size)
     spec = evaluator.spec
@@ -173,9 +196,15 @@ def score_set(folder: Path, references: References, extractor, evaluator: Evalua
     }
     voiced = prompts[prompts.wav.notna()] if "wav" in prompts else prompts.iloc[:0]
     if len(voiced):
-        heard = as_clips(torch.from_numpy(heard_as_image(folder, list(voiced.wav), *images.shape[1:], spec)), spec)
-        scores["fd_audio"] = frechet_distance(evaluator.embed(heard), real_embedding)
-        scores["accuracy_audio"] = accuracy(evaluator.recognised(heard, list(voiced.class_id)))
+        audio = set_audio(folder, voiced, images[voiced.index.to_numpy()], vocoders, spec)
+        written = voiced.vocoder.iloc[0] if "vocoder" in voiced else "griffin_lim"
+        for name, waveforms in audio.items():
+            heard = as_clips(torch.from_numpy(heard_as_image(waveforms, *images.shape[1:], spec)), spec)
+            scores[f"vocoder.{name}.fd_audio"] = frechet_distance(evaluator.embed(heard), real_embedding)
+            scores[f"vocoder.{name}.accuracy_audio"] = accuracy(evaluator.recognised(heard, list(voiced.class_id)))
+        # what the sample stage's WAVs score, under the names tracked before there was a choice
+        scores["fd_audio"] = scores[f"vocoder.{written}.fd_audio"]
+        scores["accuracy_audio"] = scores[f"vocoder.{written}.accuracy_audio"]
     return scores, per_class
 
 
@@ -189,6 +218,18 @@ def vae_reconstruction(model_dir: Path, real_mels: np.ndarray, class_ids: list[s
     recovered = image_to_log_mel(torch.from_numpy(drawn), spec, n_frames=real_mels.shape[-1])
     return {"reconstruction.vae.mae_db": float((recovered - torch.from_numpy(real_mels)).abs().mean()),
             "reconstruction.vae.accuracy": accuracy(evaluator.recognised(recovered, class_ids))}
+
+
+def vocoder_scores(vocoders: dict[str, Vocode], log_mels: np.ndarray, waveforms: torch.Tensor,
+                   class_ids: list[str], evaluator: Evaluator) -> dict:
+    """Each vocoder resynthesising the real test clips from their log-mels: mel error in dB,
+    STFT distance to the real audio, speed (10 s clips, batch 1) and what the evaluator hears."""
+    metrics = {}
+    for name, vocode in vocoders.items():
+        scores = resynthesis_scores(vocode, torch.from_numpy(log_mels), waveforms, evaluator.spec)
+        metrics.update({f"vocoder.{name}.{key}": scores[key] for key in ("mel_l1_db", "mrstft", "real_time_factor")})
+        metrics[f"vocoder.{name}.accuracy"] = accuracy(evaluator.recognised(scores["log_mel"], class_ids))
+    return metrics
 
 
 def grid(folder: Path, title: str, out: Path, columns: int = 6, cell_height: int = 96) -> None:
@@ -211,38 +252,45 @@ def grid(folder: Path, title: str, out: Path, columns: int = 6, cell_height: int
 
 
 def table(metrics: dict, sets: list[tuple[str, str]]) -> str:
-    """Table 3.1's layout, each image score beside its audio score, and under each geometry
-    the real clips' accuracy (the ceiling); then the VAE's reconstruction of them."""
+    """Table 3.1's layout, the image scores beside the audio's from each vocoder, and under each
+    geometry the real clips' accuracy (the ceiling); then the VAE's reconstruction of them and
+    each vocoder's resynthesis of them."""
     def cell(key: str, digits: int) -> str:
         return f"{metrics[key]:.{digits}f}" if key in metrics else "–"
 
-    lines = ["| Model | Resolution (px) | FID | KID | FD (evaluator) | FD (audio) | Accuracy | Accuracy (audio) |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| Model | Resolution (px) | FID | KID | FD (evaluator) | Accuracy | "
+             "Accuracy (audio, GL) | Accuracy (audio, neural) | FD (audio, GL) | FD (audio, neural) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for resolution in dict.fromkeys(r for _, r in sets):
         for model in (m for m, r in sets if r == resolution):
             key = f"{model}.{resolution}"
             lines.append(f"| {model} | {resolution.replace('x', ' x ')} | {cell(f'fid.{key}', 2)} | "
-                         f"{cell(f'kid.{key}', 4)} | {cell(f'fd_evaluator.{key}', 2)} | "
-                         f"{cell(f'fd_audio.{key}', 2)} | {cell(f'accuracy.{key}', 3)} | "
-                         f"{cell(f'accuracy_audio.{key}', 3)} |")
-        lines.append(f"| real test clips (ceiling) | {resolution.replace('x', ' x ')} | – | – | – | – | "
-                     f"{cell(f'accuracy.real.{resolution}', 3)} | – |")
+                         f"{cell(f'kid.{key}', 4)} | {cell(f'fd_evaluator.{key}', 2)} | {cell(f'accuracy.{key}', 3)} | "
+                         + " | ".join(cell(f"vocoder.{name}.accuracy_audio.{key}", 3) for name in VOCODERS) + " | "
+                         + " | ".join(cell(f"vocoder.{name}.fd_audio.{key}", 2) for name in VOCODERS) + " |")
+        lines.append(f"| real test clips (ceiling) | {resolution.replace('x', ' x ')} | – | – | – | "
+                     f"{cell(f'accuracy.real.{resolution}', 3)} | – | – | – | – |")
     lines.append(f"\nVAE reconstruction of the test clips: accuracy {cell('reconstruction.vae.accuracy', 3)}, "
-                 f"mean error {cell('reconstruction.vae.mae_db', 2)} dB.")
+                 f"mean error {cell('reconstruction.vae.mae_db', 2)} dB.\n")
+    lines += ["| Vocoder, resynthesising the test clips | Mel error (dB) | MR-STFT | Accuracy | Real-time factor |",
+              "|---|---|---|---|---|"]
+    for name in VOCODERS:
+        lines.append(f"| {name} | {cell(f'vocoder.{name}.mel_l1_db', 2)} | {cell(f'vocoder.{name}.mrstft', 3)} | "
+                     f"{cell(f'vocoder.{name}.accuracy', 3)} | {cell(f'vocoder.{name}.real_time_factor', 0)} |")
     return "\n".join(lines) + "\n"
 
 
 def evaluate(params: Params, shards: Path = SHARDS_DIR, samples: Path = SAMPLES_DIR,
              evaluator_dir: Path = EVALUATOR_DIR, out_dir: Path = METRICS_DIR,
-             finetuned: Path = FINETUNED_DIR) -> dict:
+             finetuned: Path = FINETUNED_DIR, vocoder_dir: Path = VOCODER_DIR,
+             index: Path = SUBSET_DIR / "index.parquet", raw_dir: Path = RAW_DIR) -> dict:
     evaluator = Evaluator.load(evaluator_dir)
-    spec = read_spec(shard_files("test", shards)[0])
-    test = read_split("test", ["log_mel", "target", "is_mixture"], shards)
-    single = ~np.asarray(test["is_mixture"], dtype=bool)
-    real_mels = test["log_mel"][single]
-    real_classes = [t for t, keep in zip(test["target"], single) if keep]
+    test = split_waveforms("test", shards, index, raw_dir, mix_domain=None)  # single clips: one class each
+    spec, real_mels, real_classes = test["spec"], test["log_mel"], test["target"]
     extractor = feature_extractor(params, evaluator)
+    vocoders = dict(vocoder_for(name, spec, vocoder_dir) for name in VOCODERS)
     metrics = vae_reconstruction(finetuned, real_mels, real_classes, evaluator)
+    metrics.update(vocoder_scores(vocoders, real_mels, test["waveform"], real_classes, evaluator))
     per_class, sets = [], []
     work = Path(tempfile.mkdtemp(prefix="specldm-evaluate-"))
     batch_size = params.evaluate.batch_size
@@ -263,7 +311,7 @@ def evaluate(params: Params, shards: Path = SHARDS_DIR, samples: Path = SAMPLES_
                 as_clips(torch.from_numpy(references.images), spec), real_classes))
             for model in MODELS:
                 folder = samples / model / resolution
-                scores, classes = score_set(folder, references, extractor, evaluator, batch_size)
+                scores, classes = score_set(folder, references, extractor, evaluator, vocoders, batch_size)
                 metrics.update({f"{name}.{model}.{resolution}": value for name, value in scores.items()})
                 per_class.append(classes.assign(model=model, resolution=resolution))
                 sets.append((model, resolution))

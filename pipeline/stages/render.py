@@ -27,25 +27,20 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import soundfile as sf
 import torch
 from tqdm import tqdm
 
 from pipeline import params as params_module
 from pipeline.audio.shards import encode_png, read_fingerprint, shard_schema
 from pipeline.audio.spectrogram import SpectrogramSpec, log_mel_to_grey, waveform_to_log_mel
+from pipeline.audio.waveforms import SkipRow, row_clips
 from pipeline.errors import stage_main
 from pipeline.files import atomic_path, remove_partials, sha256_file, write_json
 from pipeline.paths import RAW_DIR, SHARDS_DIR, SPLITS, SUBSET_DIR
 from pipeline.processes import die_with_parent
 from pipeline.provenance import code_digest
 
-MIN_FRACTION = 0.9  # shorter audio than this fraction of a clip is "truncated"
 CODE = "pipeline.stages.render"  # the module whose import closure writes shards: see is_reusable
-
-
-class SkipRow(Exception):
-    """This row's audio cannot be used; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -70,33 +65,9 @@ class ShardTask:
         return hashlib.sha256(content.encode()).hexdigest()
 
 
-def load_clip(path: Path, spec: SpectrogramSpec) -> np.ndarray:
-    """A clip as float32 mono of exactly ``spec.num_samples``, or SkipRow."""
-    if not path.exists():
-        raise SkipRow("missing file")
-    try:
-        audio, sample_rate = sf.read(path, dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError, ValueError) as error:
-        raise SkipRow(f"unreadable audio ({error})") from None
-    if sample_rate != spec.sample_rate:
-        raise SkipRow(f"sample rate {sample_rate} != {spec.sample_rate}")
-    if audio.shape[1] != 1:
-        raise SkipRow(f"{audio.shape[1]} channels, expected mono")
-    audio = audio[:, 0]
-    if len(audio) < MIN_FRACTION * spec.num_samples:
-        raise SkipRow(f"truncated ({len(audio) / spec.sample_rate:.2f} s)")
-    if not np.isfinite(audio).all():
-        raise SkipRow("non-finite samples (NaN or inf)")
-    if not np.any(audio):
-        raise SkipRow("silent")
-    return np.pad(audio[:spec.num_samples], (0, max(0, spec.num_samples - len(audio))))
-
-
 def row_log_mel(row: dict, task: ShardTask) -> torch.Tensor:
-    clips = torch.from_numpy(np.stack([load_clip(task.raw_dir / p, task.spec) for p in row["paths"]]))
-    if len(clips) == 1:
-        return waveform_to_log_mel(clips[0], task.spec)
-    if task.mix_domain == "waveform":
+    clips = row_clips(row["paths"], task.raw_dir, task.spec)
+    if len(clips) == 1 or task.mix_domain == "waveform":
         return waveform_to_log_mel(clips.mean(dim=0), task.spec)
     return waveform_to_log_mel(clips, task.spec).mean(dim=0)
 
@@ -212,14 +183,19 @@ def render(params: params_module.Params, index_path: Path = SUBSET_DIR / "index.
 
 
 class _InProcess:
-    """The pool interface without processes: one worker is not worth a spawn (~2 s of imports)."""
+    """The pool interface without processes: one worker is not worth a spawn (~2 s of imports).
+    It renders on one thread, as each pool worker does: the STFT's sums are grouped by thread
+    count, so a shard rendered here must not differ in its last bits from one rendered there."""
 
     map = staticmethod(map)
 
     def __enter__(self):
+        self.threads = torch.get_num_threads()
+        torch.set_num_threads(1)
         return self
 
     def __exit__(self, *exc):
+        torch.set_num_threads(self.threads)
         return False
 
 

@@ -2,7 +2,8 @@
 
 For each model in {pretrained, finetuned}, each ``H x W`` in ``sample.resolutions``,
 each class and ``sample.per_class`` seeds: a PNG, a WAV for the first
-``sample.wavs_per_class`` of them (Griffin-Lim through the SpectrogramSpec), and a
+``sample.wavs_per_class`` of them (through ``sample.vocoder``: Griffin-Lim, the neural
+vocoder of ``models/vocoder``, or whichever of them did better on validation), and a
 ``prompts.csv`` table, in ``data/samples/<model>/<H>x<W>/``. Each kept training
 checkpoint also gets a small set at the training geometry, in
 ``data/samples/checkpoints/step-NNNNNN/``, for the FID-by-checkpoint curve.
@@ -29,14 +30,15 @@ from diffusers import UNet2DConditionModel
 from tqdm import tqdm
 
 from pipeline import params as params_module
-from pipeline.audio.shards import read_spec, read_split, shard_files
+from pipeline.audio.shards import read_single_clips, read_spec, read_split, shard_files
 from pipeline.errors import stage_main
 from pipeline.files import write_json
 from pipeline.models.checkpoints import checkpoints
 from pipeline.models.evaluator import Evaluator, accuracy, as_clips, frechet_distance
 from pipeline.models.generate import generate_images, image_to_audio, load_generator, save_png, save_wav
+from pipeline.models.vocoder import Vocode, vocoder_for
 from pipeline.params import Params, SampleParams, format_resolution, parse_resolution
-from pipeline.paths import CHECKPOINT_DIR, EVALUATOR_DIR, METRICS_DIR, MODELS, SAMPLES_DIR, SHARDS_DIR
+from pipeline.paths import CHECKPOINT_DIR, EVALUATOR_DIR, METRICS_DIR, MODELS, SAMPLES_DIR, SHARDS_DIR, VOCODER_DIR
 
 
 def slug(name: str) -> str:
@@ -86,13 +88,8 @@ def choose_guidance(pipe, prompts: list[dict], config: SampleParams, spec, evalu
     return chosen, scores
 
 
-def validation_clips(shards: Path) -> np.ndarray:
-    rows = read_split("val", ["log_mel", "is_mixture"], shards)
-    return rows["log_mel"][~np.asarray(rows["is_mixture"], dtype=bool)]
-
-
 def sample_set(pipe, rows: list[dict], height: int, width: int, config: SampleParams, guidance: float,
-               spec, out_dir: Path, wavs_per_class: int, progress) -> None:
+               spec, out_dir: Path, wavs_per_class: int, vocoder: tuple[str, Vocode], progress) -> None:
     shutil.rmtree(out_dir, ignore_errors=True)
     out_dir.mkdir(parents=True)
     for start in range(0, len(rows), config.batch_size):
@@ -104,20 +101,23 @@ def sample_set(pipe, rows: list[dict], height: int, width: int, config: SamplePa
             row["wav"] = None
             if row["index"] < wavs_per_class:
                 row["wav"] = row["file"].replace(".png", ".wav")
-                save_wav(out_dir / row["wav"], image_to_audio(grey, spec, seed=row["seed"]), spec.sample_rate)
+                save_wav(out_dir / row["wav"], image_to_audio(grey, spec, vocoder[1], row["seed"]), spec.sample_rate)
         progress.update(len(batch))
-    columns = ["file", "wav", "class_id", "class_name", "prompt", "seed", "guidance"]
-    pd.DataFrame(rows).assign(guidance=guidance)[columns].to_csv(out_dir / "prompts.csv", index=False)
+    columns = ["file", "wav", "class_id", "class_name", "prompt", "seed", "guidance", "vocoder"]
+    table = pd.DataFrame(rows).assign(guidance=guidance, vocoder=vocoder[0])
+    table[columns].to_csv(out_dir / "prompts.csv", index=False)
 
 
 def sample(params: Params, shards: Path = SHARDS_DIR, out_dir: Path = SAMPLES_DIR,
            models: dict[str, Path] = MODELS, checkpoint_dir: Path = CHECKPOINT_DIR,
-           evaluator_dir: Path = EVALUATOR_DIR, guidance_file: Path = GUIDANCE_METRICS) -> dict:
+           evaluator_dir: Path = EVALUATOR_DIR, guidance_file: Path = GUIDANCE_METRICS,
+           vocoder_dir: Path = VOCODER_DIR) -> dict:
     config = params.sample
     spec = read_spec(shard_files("train", shards)[0])
+    vocoder = vocoder_for(config.vocoder, spec, vocoder_dir)
     prompts = class_prompts(shards)
     evaluator = Evaluator.load(evaluator_dir)
-    validation = validation_clips(shards)
+    validation = read_single_clips("val", ["log_mel"], shards)["log_mel"]
     sizes = [parse_resolution(r) for r in config.resolutions]
     kept = checkpoints(checkpoint_dir) if config.checkpoint_per_class else []
     choosing = VALIDATION_PER_CLASS * len(config.guidance_scales) if len(config.guidance_scales) > 1 else 0
@@ -132,7 +132,8 @@ def sample(params: Params, shards: Path = SHARDS_DIR, out_dir: Path = SAMPLES_DI
         guidance[model] = {"guidance_scale": scale, "candidates": candidates}
         for height, width in sizes:
             sample_set(pipe, plan(prompts, config.per_class, config.seed), height, width, config, scale, spec,
-                       out_dir / model / format_resolution(height, width), config.wavs_per_class, progress)
+                       out_dir / model / format_resolution(height, width), config.wavs_per_class, vocoder,
+                       progress)
     if kept:
         pipe = load_generator(models["finetuned"], config.scheduler)
         for checkpoint in kept:
@@ -140,7 +141,7 @@ def sample(params: Params, shards: Path = SHARDS_DIR, out_dir: Path = SAMPLES_DI
             sample_set(pipe, plan(prompts, config.checkpoint_per_class, config.seed),
                        spec.image_size, spec.image_size, config, guidance["finetuned"]["guidance_scale"], spec,
                        out_dir / "checkpoints" / checkpoint.name / format_resolution(spec.image_size, spec.image_size),
-                       0, progress)
+                       0, vocoder, progress)
     progress.close()
     write_json(guidance_file, guidance)
     return guidance

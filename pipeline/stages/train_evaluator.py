@@ -15,29 +15,21 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import params as params_module
-from pipeline.audio.shards import read_spec, read_split, shard_files
+from pipeline.audio.shards import read_single_clips, read_spec, shard_files
 from pipeline.errors import stage_main
 from pipeline.files import write_json
 from pipeline.models.evaluator import Evaluator, train_classifier
 from pipeline.paths import EVALUATOR_DIR, SHARDS_DIR
 
 METRICS = Path("metrics/evaluator.json")
-COLUMNS = ["log_mel", "target", "target_name", "is_mixture"]
-
-
-def single_clips(split: str, shards: Path) -> dict:
-    rows = read_split(split, COLUMNS, shards)
-    keep = ~np.asarray(rows["is_mixture"], dtype=bool)
-    return {"log_mel": rows["log_mel"][keep],
-            "target": [t for t, k in zip(rows["target"], keep) if k],
-            "target_name": [t for t, k in zip(rows["target_name"], keep) if k]}
+COLUMNS = ["log_mel", "target", "target_name"]
 
 
 def train_evaluator(params: params_module.Params, shards: Path = SHARDS_DIR,
                     out_dir: Path = EVALUATOR_DIR) -> dict:
     config = params.evaluator
     spec = read_spec(shard_files("train", shards)[0])
-    train = single_clips("train", shards)
+    train = read_single_clips("train", COLUMNS, shards)
     names = dict(zip(train["target"], train["target_name"]))
     class_ids = sorted(names)
     index = {c: i for i, c in enumerate(class_ids)}
@@ -46,7 +38,7 @@ def train_evaluator(params: params_module.Params, shards: Path = SHARDS_DIR,
                              config.learning_rate, config.seed)
     evaluator = Evaluator(model, class_ids, [names[c] for c in class_ids], spec)
     evaluator.save(out_dir)
-    test = single_clips("test", shards)
+    test = read_single_clips("test", COLUMNS, shards)
     known = [i for i, t in enumerate(test["target"]) if t in index]
     predicted = evaluator.predict(test["log_mel"][known])
     truth = np.array([index[test["target"][i]] for i in known])

@@ -1,0 +1,197 @@
+"""Log-mel -> waveform: Griffin-Lim, or the neural vocoder that ``train_vocoder`` trains.
+
+The neural vocoder is Vocos (Siuzdak, 2023; the ``vocos`` package's modules, no weights):
+a ConvNeXt backbone over mel frames and a head that predicts each frame's STFT, magnitude
+and phase, which one inverse STFT turns into audio. No upsampling layers, so it runs many
+times faster than Griffin-Lim's 64 STFT round trips. Our mel is coarse (hop 1250, 78 ms),
+so, as for Griffin-Lim, it is first interpolated in time onto ``vocoder_hop_length``.
+
+``models/vocoder/`` holds ``vocoder.safetensors`` and ``config.json`` (the architecture,
+the SpectrogramSpec it was trained for, and its validation scores against Griffin-Lim);
+:func:`load_vocoder` refuses one made for another spec. :func:`vocoder_for` is what the
+``sample`` stage and ``specldm generate`` call.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from vocos.heads import ISTFTHead
+from vocos.models import VocosBackbone
+
+from pipeline.audio.spectrogram import (
+    SpecError,
+    SpectrogramSpec,
+    interpolate_frames,
+    log_mel_to_waveform,
+    waveform_to_log_mel,
+)
+from pipeline.errors import ModelError
+from pipeline.files import atomic_path
+
+VOCODERS = ("griffin_lim", "neural")
+WEIGHTS = "vocoder.safetensors"
+CONFIG = "config.json"
+# What a vocoder's input and output mean. The image geometry, and how Griffin-Lim runs, do not matter to it.
+AUDIO_FIELDS = ("sample_rate", "n_fft", "hop_length", "n_mels", "f_min", "f_max", "min_db", "max_db",
+                "vocoder_hop_length")
+STFT_RESOLUTIONS = ((512, 128), (1024, 256), (2048, 512))  # (n_fft, hop) of the multi-resolution STFT
+
+
+@dataclass(frozen=True)
+class VocoderShape:
+    dim: int = 256
+    intermediate_dim: int = 768
+    num_layers: int = 8
+    n_fft: int = 1024  # of the inverse STFT, at spec.vocoder_hop_length
+
+
+class NeuralVocoder(torch.nn.Module):
+    """``(B, n_mels, frames)`` dB -> ``(B, frames * hop_length)`` waveform."""
+
+    def __init__(self, spec: SpectrogramSpec, shape: VocoderShape):
+        super().__init__()
+        self.spec, self.shape = spec, shape
+        self.backbone = VocosBackbone(spec.n_mels, shape.dim, shape.intermediate_dim, shape.num_layers)
+        self.head = ISTFTHead(shape.dim, shape.n_fft, spec.vocoder_hop_length, padding="same")
+
+    def forward(self, log_mel: torch.Tensor) -> torch.Tensor:
+        spec = self.spec
+        frames = log_mel.shape[-1]
+        length = frames * spec.hop_length
+        unit = (log_mel - spec.min_db) / (spec.max_db - spec.min_db)
+        fine = interpolate_frames(unit, spec.vocoder_hop_length / spec.hop_length,
+                                  -(-length // spec.vocoder_hop_length))
+        audio = self.head(self.backbone(fine))
+        return F.pad(audio, (0, max(0, length - audio.shape[-1])))[..., :length]
+
+    def save(self, directory: Path, validation: dict | None = None) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        with atomic_path(directory / WEIGHTS) as tmp:
+            save_file({k: v.contiguous() for k, v in self.state_dict().items()}, tmp)
+        config = {"architecture": "vocos", "shape": dataclasses.asdict(self.shape),
+                  "spectrogram_spec": dataclasses.asdict(self.spec), "validation": validation or {}}
+        with atomic_path(directory / CONFIG) as tmp:
+            tmp.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def read_vocoder_config(directory: Path) -> dict:
+    try:
+        config = json.loads((Path(directory) / CONFIG).read_text())
+    except FileNotFoundError:
+        raise ModelError(f"no neural vocoder at {directory}; run `dvc repro train_vocoder` "
+                         "(or use the griffin_lim vocoder)") from None
+    except ValueError as error:
+        raise ModelError(f"{directory / CONFIG} is not valid JSON ({error})") from None
+    if not isinstance(config, dict) or config.get("architecture") != "vocos":
+        raise ModelError(f"{directory / CONFIG} does not describe a specldm vocoder")
+    return config
+
+
+def load_vocoder(directory: Path | str, spec: SpectrogramSpec | None = None) -> NeuralVocoder:
+    """The vocoder saved in ``directory`` (safetensors: nothing is unpickled). With ``spec``,
+    a vocoder trained for different audio settings is refused: it would misread every mel."""
+    directory = Path(directory)
+    config = read_vocoder_config(directory)
+    try:
+        trained_for = SpectrogramSpec.from_dict(config.get("spectrogram_spec"), str(directory / CONFIG))
+        shape = VocoderShape(**config["shape"])
+    except (SpecError, KeyError, TypeError) as error:
+        raise ModelError(f"{directory / CONFIG}: {error}") from None
+    if spec is not None:
+        differ = [f"{f}={getattr(trained_for, f)} (model: {getattr(spec, f)})"
+                  for f in AUDIO_FIELDS if getattr(trained_for, f) != getattr(spec, f)]
+        if differ:
+            raise ModelError(f"the vocoder at {directory} was trained for another SpectrogramSpec: "
+                             f"{', '.join(differ)}; retrain it (`dvc repro train_vocoder`) or use griffin_lim")
+    vocoder = NeuralVocoder(trained_for, shape)
+    try:
+        vocoder.load_state_dict(load_file(directory / WEIGHTS))
+    except (OSError, SafetensorError, RuntimeError) as error:
+        raise ModelError(f"{directory / WEIGHTS}: unreadable or not this architecture ({error}); "
+                         "run `dvc repro train_vocoder`") from None
+    return vocoder.eval()
+
+
+def better_vocoder(validation: dict) -> str:
+    """Of ``{name: scores}`` on the validation clips, the vocoder whose audio is closest to their mels."""
+    return min(VOCODERS, key=lambda name: validation[name]["mel_l1_db"])
+
+
+def chosen_vocoder(directory: Path) -> str:
+    """The vocoder that scored better on the validation clips when ``directory`` was trained."""
+    validation = read_vocoder_config(directory).get("validation", {})
+    if not all(name in validation for name in VOCODERS):
+        raise ModelError(f"{directory / CONFIG} records no validation scores to choose a vocoder by; "
+                         "name one (griffin_lim or neural)")
+    return better_vocoder(validation)
+
+
+Vocode = Callable[[torch.Tensor, int], np.ndarray]
+
+
+def vocoder_for(name: str, spec: SpectrogramSpec, directory: Path | str) -> tuple[str, Vocode]:
+    """(the vocoder's name, a function ``(log_mel, seed) -> waveform``) for ``name`` in
+    ``auto`` (the one chosen on validation), ``griffin_lim`` or ``neural``."""
+    directory = Path(directory)
+    if name == "auto":
+        name = chosen_vocoder(directory)
+    if name == "griffin_lim":
+        return name, lambda log_mel, seed: griffin_lim(log_mel, spec, seed)
+    if name == "neural":
+        vocoder = load_vocoder(directory, spec)
+        return name, lambda log_mel, seed: neural(vocoder, log_mel)
+    raise ModelError(f"unknown vocoder {name!r}; choose auto, {' or '.join(VOCODERS)}")
+
+
+def griffin_lim(log_mel: torch.Tensor, spec: SpectrogramSpec, seed: int = 0) -> np.ndarray:
+    return np.clip(log_mel_to_waveform(log_mel, spec, seed=seed).numpy(), -1.0, 1.0)
+
+
+@torch.inference_mode()
+def neural(vocoder: NeuralVocoder, log_mel: torch.Tensor) -> np.ndarray:
+    audio = vocoder(torch.as_tensor(log_mel, dtype=torch.float32).unsqueeze(0))[0]
+    return np.clip(audio.numpy(), -1.0, 1.0)
+
+
+def resynthesis_scores(vocode: Vocode, log_mels: torch.Tensor, waveforms: torch.Tensor,
+                       spec: SpectrogramSpec) -> dict:
+    """Each log-mel vocoded one at a time (batch 1, timed) and its audio re-analysed with the
+    spec: ``mel_l1_db`` (against the log-mel, in dB), ``mrstft`` (against the real audio),
+    ``real_time_factor`` (audio seconds per second of vocoding) and the re-analysed
+    ``log_mel`` ``(N, n_mels, frames)`` for other scores."""
+    heard, mel_errors, distances, busy = [], [], [], 0.0
+    for index, (log_mel, real) in enumerate(zip(log_mels, waveforms)):
+        started = time.perf_counter()
+        audio = torch.from_numpy(vocode(log_mel, index))
+        busy += time.perf_counter() - started
+        heard.append(waveform_to_log_mel(audio, spec))
+        mel_errors.append(float((heard[-1] - log_mel).abs().mean()))
+        distances.append(float(stft_distance(audio, real)))
+    seconds = sum(len(w) for w in waveforms) / spec.sample_rate
+    return {"mel_l1_db": float(np.mean(mel_errors)), "mrstft": float(np.mean(distances)),
+            "real_time_factor": seconds / busy, "log_mel": torch.stack(heard)}
+
+
+def stft_distance(generated: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """Multi-resolution STFT distance (Yamamoto et al., 2020): spectral convergence plus
+    log-magnitude L1, averaged over :data:`STFT_RESOLUTIONS`. Phase-blind, as hearing
+    nearly is; the vocoder's training loss and its ``mrstft`` score."""
+    total = 0.0
+    for n_fft, hop in STFT_RESOLUTIONS:
+        window = torch.hann_window(n_fft, device=real.device)
+        a, b = (torch.stft(x, n_fft, hop, window=window, return_complex=True).abs().clamp_min(1e-5)
+                for x in (generated, real))
+        convergence = torch.linalg.norm(b - a, dim=(-2, -1)) / torch.linalg.norm(b, dim=(-2, -1))
+        total = total + convergence.mean() + (a.log() - b.log()).abs().mean()
+    return total / len(STFT_RESOLUTIONS)

@@ -1,0 +1,121 @@
+"""The neural vocoder: trained by its stage, saved without pickle, refused for another spec,
+resumed bit-identically, and better than silence at what it is for."""
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import pipeline.stages.train_vocoder as stage
+from pipeline.audio.waveforms import split_waveforms
+from pipeline.errors import ModelError
+from pipeline.models.vocoder import (
+    VOCODERS,
+    NeuralVocoder,
+    VocoderShape,
+    chosen_vocoder,
+    load_vocoder,
+    neural,
+    resynthesis_scores,
+    vocoder_for,
+)
+
+from conftest import tiny_audio
+
+
+def run(tmp_path, tiny_shards, **vocoder):
+    shards, params = tiny_shards
+    params = dataclasses.replace(params, vocoder=dataclasses.replace(params.vocoder, **vocoder))
+    report = stage.train_vocoder(params, *tiny_audio(shards), tmp_path / "vocoder", tmp_path / "checkpoints")
+    return report, params
+
+
+def test_the_stage_trains_saves_and_loads(tiny_models, tiny_shards):
+    directory = tiny_models["vocoder"]
+    config = json.loads((directory / "config.json").read_text())
+    spec = tiny_shards[1].spec
+    assert config["spectrogram_spec"] == dataclasses.asdict(spec)
+    assert set(config["validation"]) == set(VOCODERS)
+    assert chosen_vocoder(directory) in VOCODERS
+    vocoder = load_vocoder(directory, spec)
+    assert set(load_file(directory / "vocoder.safetensors")) == set(vocoder.state_dict())
+    log_mel = torch.full((spec.n_mels, 16), 10.0)
+    audio = neural(vocoder, log_mel)
+    assert audio.shape == (16 * spec.hop_length,) and np.isfinite(audio).all()
+    # the same function the sample stage and `specldm generate` get
+    name, vocode = vocoder_for("neural", spec, directory)
+    assert name == "neural" and np.array_equal(vocode(log_mel, 0), audio)
+
+
+def test_a_vocoder_for_another_spectrogram_spec_is_refused(tiny_models, tiny_shards):
+    spec = tiny_shards[1].spec
+    other = spec.replace(hop_length=1000, n_mels=64)
+    with pytest.raises(ModelError, match=r"another SpectrogramSpec: hop_length=1250 \(model: 1000\), "
+                                         r"n_mels=128 \(model: 64\)"):
+        load_vocoder(tiny_models["vocoder"], other)
+    with pytest.raises(ModelError, match="another SpectrogramSpec"):
+        vocoder_for("neural", other, tiny_models["vocoder"])
+    # the image geometry is not the vocoder's business
+    load_vocoder(tiny_models["vocoder"], spec.replace(image_size=128, griffin_lim_iters=8))
+
+
+def test_a_damaged_vocoder_is_a_clear_error(tmp_path, tiny_models):
+    import shutil
+
+    shutil.copytree(tiny_models["vocoder"], tmp_path / "vocoder")
+    (tmp_path / "vocoder" / "vocoder.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(ModelError, match="unreadable or not this architecture"):
+        load_vocoder(tmp_path / "vocoder")
+
+
+def test_resume_after_a_kill_reaches_the_same_weights(tmp_path, tiny_shards, monkeypatch):
+    straight, _ = run(tmp_path / "straight", tiny_shards)
+    calls = {"n": 0}
+    real_loss = stage.vocoder_loss
+
+    def dies_at_step_three(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt("killed")
+        return real_loss(*args, **kwargs)
+
+    monkeypatch.setattr(stage, "vocoder_loss", dies_at_step_three)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "killed", tiny_shards)
+    assert not (tmp_path / "killed" / "vocoder").exists()
+    monkeypatch.setattr(stage, "vocoder_loss", real_loss)
+    resumed, _ = run(tmp_path / "killed", tiny_shards)
+    assert resumed["resumed_from_step"] == 2 and straight["resumed_from_step"] == 0
+    a = load_file(tmp_path / "straight" / "vocoder" / "vocoder.safetensors")
+    b = load_file(tmp_path / "killed" / "vocoder" / "vocoder.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed["history"] == straight["history"]
+
+
+def test_changed_settings_train_afresh_instead_of_resuming(tmp_path, tiny_shards):
+    run(tmp_path, tiny_shards)
+    report, _ = run(tmp_path, tiny_shards, learning_rate=1e-4)
+    assert report["resumed_from_step"] == 0
+
+
+def test_training_brings_the_resynthesis_closer_to_the_mels(tmp_path, tiny_shards):
+    """60 steps of a small vocoder: its validation mel error falls well below the untrained one's."""
+    shards, params = tiny_shards
+    report, params = run(tmp_path, tiny_shards, steps=60, dim=32, intermediate_dim=64, num_layers=2,
+                         batch_size=4, checkpoint_every=60, learning_rate=3e-3)
+    validation = split_waveforms("val", *tiny_audio(shards), params.subset.mix_domain)
+    torch.manual_seed(0)
+    untrained = NeuralVocoder(params.spec, VocoderShape(32, 64, 2, params.vocoder.n_fft)).eval()
+    before = resynthesis_scores(lambda mel, seed: neural(untrained, mel), torch.from_numpy(validation["log_mel"]),
+                                validation["waveform"], params.spec)
+    after = report["validation"]["neural"]
+    assert after["mel_l1_db"] < 0.7 * before["mel_l1_db"]
+    assert after["mrstft"] < before["mrstft"]
+
+
+def test_unknown_vocoder_names_are_refused(tiny_models, tiny_shards):
+    with pytest.raises(ModelError, match="unknown vocoder 'hifigan'"):
+        vocoder_for("hifigan", tiny_shards[1].spec, tiny_models["vocoder"])
