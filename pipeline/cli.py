@@ -1,4 +1,4 @@
-"""The ``specldm`` command: ``specldm profile`` and ``specldm generate``.
+"""The ``specldm`` command: ``specldm profile``, ``specldm generate`` and ``specldm inpaint``.
 
 torch, diffusers and the ontology are imported only by the commands that use them, so
 `specldm profile` answers at once.
@@ -19,6 +19,12 @@ GENERATE_EXAMPLES = """examples:
   specldm generate "Church bell" --vocoder griffin_lim --out bell-gl.wav
   specldm generate "a spectrogram of the sound of Rain" --seconds 5 --out rain.wav
   specldm generate /m/03w41f --height 64 --width 400 --steps 50 --guidance 5 --seed 3
+  specldm generate Rain --seconds 60 --prompt-at 20:"Church bell" --out rain-then-bell.wav
+"""
+
+INPAINT_EXAMPLES = """examples:
+  specldm inpaint street.wav --start 2 --end 4.5 "Church bell" --out street-bell.wav
+  specldm inpaint street.wav --start 0 --end 10 --low-hz 2000 --high-hz 4000 Rain --out rainy.wav
 """
 
 
@@ -33,11 +39,11 @@ def resolve_prompt(text: str, template: str) -> str:
     return ontology.caption(ontology.resolve(text), template)
 
 
-def generate(args) -> None:
-    from pipeline.audio.spectrogram import width_for_seconds
+def load_model(args):
+    """(pipeline, spec, settings, vocoder name, vocode) for the model and vocoder the options name."""
     from pipeline.errors import ModelError
     from pipeline.models.diffusion import read_model_spec
-    from pipeline.models.generate import generate_images, image_to_audio, load_generator, save_png, save_wav
+    from pipeline.models.generate import load_generator
     from pipeline.models.vocoder import vocoder_for
 
     model = Path(args.model)
@@ -46,14 +52,39 @@ def generate(args) -> None:
                          "or point --model at a diffusers pipeline directory")
     settings = params.load(args.params) if Path(args.params).exists() else params.Params()
     spec = read_model_spec(model) or settings.spec
-    prompt = resolve_prompt(args.text, settings.subset.caption_template)
-    height = spec.image_size if args.height is None else args.height
-    width = width_for_seconds(args.seconds, spec) if args.width is None else args.width
     if args.griffin_lim_iters is not None:
         spec = spec.replace(griffin_lim_iters=args.griffin_lim_iters)
     vocoder, vocode = vocoder_for(args.vocoder, spec, args.vocoder_dir)
-    pipe = load_generator(model, args.scheduler)
-    grey = generate_images(pipe, [prompt], [args.seed], height, width, args.steps, args.guidance)[0]
+    return load_generator(model, args.scheduler), spec, settings, vocoder, vocode
+
+
+def generate(args) -> None:
+    from pipeline.audio.spectrogram import width_for_seconds
+    from pipeline.errors import PipelineError
+    from pipeline.models.generate import generate_images, image_to_audio, save_png, save_wav
+    from pipeline.models.inpaint import decode, long_latents
+
+    pipe, spec, settings, vocoder, vocode = load_model(args)
+    template = settings.subset.caption_template
+    prompt = resolve_prompt(args.text, template)
+    long_form = args.width is None and (args.seconds > spec.clip_seconds or args.prompt_at)
+    if long_form:
+        if not 0 < args.overlap < spec.clip_seconds:
+            raise PipelineError(f"--overlap {args.overlap:g} must be above 0 and below one window "
+                                f"({spec.clip_seconds:g} s)")
+        late = [at for at, _ in args.prompt_at if at >= args.seconds]
+        if late:
+            raise PipelineError(f"--prompt-at {late[0]:g} lies beyond the clip's {args.seconds:g} s")
+        prompts_at = sorted([(0.0, prompt)] + [(at, resolve_prompt(text, template)) for at, text in args.prompt_at],
+                            key=lambda item: item[0])
+        grey = decode(pipe, long_latents(pipe, prompts_at, args.seconds, args.overlap, spec, args.steps,
+                                         args.guidance, args.seed))
+        described = " then ".join(f"{text!r} from {at:g} s" for at, text in prompts_at)
+    else:
+        height = spec.image_size if args.height is None else args.height
+        width = width_for_seconds(args.seconds, spec) if args.width is None else args.width
+        grey = generate_images(pipe, [prompt], [args.seed], height, width, args.steps, args.guidance)[0]
+        described = repr(prompt)
     audio = image_to_audio(grey, spec, vocode, args.seed)
     if args.width is None:
         audio = audio[:round(args.seconds * spec.sample_rate)]
@@ -61,7 +92,67 @@ def generate(args) -> None:
     save_wav(out, audio, spec.sample_rate)
     save_png(out.with_suffix(".png"), grey)
     print(f"{out} ({len(audio) / spec.sample_rate:.2f} s, {vocoder} vocoder) and {out.with_suffix('.png')} "
-          f"({height}x{width}) from {prompt!r}")
+          f"({grey.shape[0]}x{grey.shape[1]}) from {described}")
+
+
+CROSSFADE_SECONDS = 0.01
+
+
+def inpaint(args) -> None:
+    import numpy as np
+    import torch
+
+    from pipeline.audio.spectrogram import log_mel_to_grey, waveform_to_log_mel
+    from pipeline.errors import PipelineError
+    from pipeline.models.generate import save_png, save_wav
+    from pipeline.models.inpaint import inpaint_log_mel, region_mask
+    from pipeline.sources.clips import ClipRejected, ClipRules
+    from pipeline.sources.local import read_recording
+
+    pipe, spec, settings, vocoder, vocode = load_model(args)
+    rules = ClipRules(spec.sample_rate, spec.clip_seconds, "pad", "split", -math.inf)
+    try:
+        original = read_recording(Path(args.input), rules)
+    except ClipRejected as error:
+        raise PipelineError(f"{args.input}: {error}") from None
+    if len(original) < spec.hop_length:
+        raise PipelineError(f"{args.input}: {len(original) / spec.sample_rate:.3f} s is shorter than one mel frame")
+    log_mel = waveform_to_log_mel(torch.from_numpy(original), spec)
+    mask = region_mask(log_mel.shape[-1], args.start, args.end, args.low_hz, args.high_hz, spec)
+    prompt = resolve_prompt(args.text, settings.subset.caption_template)
+    redrawn = inpaint_log_mel(pipe, log_mel, mask, prompt, spec, args.steps, args.guidance, args.seed)
+    drawn_audio = vocode(redrawn, args.seed)
+    if args.low_hz is None and args.high_hz is None:
+        # a time region only: outside it the audio is the input's own, cross-faded at the edges
+        audio = original.copy()
+        first, last = round(args.start * spec.sample_rate), min(round(args.end * spec.sample_rate), len(drawn_audio))
+        fade = min(round(CROSSFADE_SECONDS * spec.sample_rate), (last - first) // 2)
+        ramp = np.linspace(0.0, 1.0, fade, dtype=np.float32)
+        weight = np.zeros(len(audio), dtype=np.float32)
+        weight[first:last] = 1.0
+        weight[first:first + fade], weight[last - fade:last] = ramp, ramp[::-1]
+        padded = np.pad(drawn_audio, (0, len(audio) - len(drawn_audio)))
+        audio = (1 - weight) * audio + weight * padded
+    else:
+        audio = drawn_audio
+    out = Path(args.out)
+    save_wav(out, np.clip(audio, -1.0, 1.0), spec.sample_rate)
+    save_png(out.with_suffix(".png"), log_mel_to_grey(redrawn, spec).numpy())
+    band = "" if args.low_hz is None and args.high_hz is None else \
+        f", {args.low_hz or spec.f_min:g}-{args.high_hz or spec.f_max:g} Hz"
+    print(f"{out} ({len(audio) / spec.sample_rate:.2f} s, {vocoder} vocoder): {args.start:g}-{args.end:g} s{band} "
+          f"of {args.input} redrawn from {prompt!r}")
+
+
+def _prompt_at(text: str) -> tuple[float, str]:
+    time, colon, prompt = text.partition(":")
+    try:
+        at = float(time)
+    except ValueError:
+        at = math.nan
+    if not colon or not prompt.strip() or not math.isfinite(at) or at < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not SECONDS:PROMPT (e.g. 20:\"Church bell\")")
+    return at, prompt.strip()
 
 
 def _whole_number(minimum: int):
@@ -103,6 +194,21 @@ def _wav_path(text: str) -> str:
     return text
 
 
+def model_options(command) -> None:
+    command.add_argument("--model", default="models/finetuned", help="a diffusers pipeline directory")
+    command.add_argument("--steps", type=_whole_number(1), default=25)
+    command.add_argument("--guidance", type=_finite_number(1.0), default=3.0,
+                         help="classifier-free guidance scale (1 = none)")
+    command.add_argument("--seed", type=int, default=0)
+    command.add_argument("--scheduler", default="dpm++", choices=params.SCHEDULER_NAMES)
+    command.add_argument("--vocoder", default="auto", choices=params.VOCODER_CHOICES,
+                         help="auto: whichever did better on the validation clips when models/vocoder was trained")
+    command.add_argument("--vocoder-dir", default="models/vocoder", help="the neural vocoder (train_vocoder's output)")
+    command.add_argument("--griffin-lim-iters", type=_whole_number(1), help="default: the model's SpectrogramSpec")
+    command.add_argument("--params", default=str(params.PARAMS_YAML),
+                         help="params.yaml for the caption template and a fallback spec")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="specldm", description="specldm pipeline tools")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -115,34 +221,39 @@ def main(argv: list[str] | None = None) -> int:
     make = commands.add_parser("generate", help="generate a clip (WAV + spectrogram PNG)",
                                epilog=GENERATE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     make.add_argument("text", help="an AudioSet class name or id, or a full spectrogram prompt")
-    make.add_argument("--model", default="models/finetuned", help="a diffusers pipeline directory")
-    make.add_argument("--out", default="clip.wav", type=_wav_path,
-                      help="the WAV to write; the PNG goes beside it")
     length = make.add_mutually_exclusive_group()
     length.add_argument("--seconds", type=_finite_number(0.0, inclusive=False), default=10.0,
-                        help="audio length (sets the width)")
-    length.add_argument("--width", type=_pixels, help="image width in pixels (multiple of 8)")
+                        help="audio length; beyond one window (clip_seconds) the clip is out-painted window by window")
+    length.add_argument("--width", type=_pixels, help="image width in pixels (multiple of 8): one window")
     make.add_argument("--height", type=_pixels, help="image height (multiple of 8; default: training size)")
-    make.add_argument("--steps", type=_whole_number(1), default=25)
-    make.add_argument("--guidance", type=_finite_number(1.0), default=3.0,
-                      help="classifier-free guidance scale (1 = none)")
-    make.add_argument("--seed", type=int, default=0)
-    make.add_argument("--scheduler", default="dpm++", choices=params.SCHEDULER_NAMES)
-    make.add_argument("--vocoder", default="auto", choices=params.VOCODER_CHOICES,
-                      help="auto: whichever did better on the validation clips when models/vocoder was trained")
-    make.add_argument("--vocoder-dir", default="models/vocoder", help="the neural vocoder (train_vocoder's output)")
-    make.add_argument("--griffin-lim-iters", type=_whole_number(1),
-                      help="default: the model's SpectrogramSpec")
-    make.add_argument("--params", default=str(params.PARAMS_YAML),
-                      help="params.yaml for the caption template and a fallback spec")
+    make.add_argument("--overlap", type=_finite_number(0.0, inclusive=False), default=2.5,
+                      help="seconds each out-painted window continues from the one before")
+    make.add_argument("--prompt-at", type=_prompt_at, action="append", default=[], metavar="SECONDS:PROMPT",
+                      help="from this second on, out-paint with another prompt (repeatable)")
+    make.add_argument("--out", default="clip.wav", type=_wav_path,
+                      help="the WAV to write; the PNG goes beside it")
+    model_options(make)
+
+    redraw = commands.add_parser("inpaint", help="redraw a time region and/or frequency band of a clip",
+                                 epilog=INPAINT_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    redraw.add_argument("input", help="an audio file: any sample rate, mono or stereo")
+    redraw.add_argument("text", help="what to draw there: an AudioSet class name or id, or a full prompt")
+    redraw.add_argument("--start", type=_finite_number(0.0), required=True, help="region start (seconds)")
+    redraw.add_argument("--end", type=_finite_number(0.0), required=True, help="region end (seconds)")
+    redraw.add_argument("--low-hz", type=_finite_number(0.0), help="band bottom (default: the mel's lowest)")
+    redraw.add_argument("--high-hz", type=_finite_number(0.0), help="band top (default: the mel's highest)")
+    redraw.add_argument("--out", required=True, type=_wav_path, help="the WAV to write; the PNG goes beside it")
+    model_options(redraw)
     args = parser.parse_args(argv)
 
     try:
         if args.command == "profile":
             params.write_profile(args.name, args.params)
             print(f"{args.params} now holds profile '{args.name}'; `dvc status` shows what reruns")
-        else:
+        elif args.command == "generate":
             generate(args)
+        else:
+            inpaint(args)
     except PipelineError as error:
         print(f"specldm: {error}", file=sys.stderr)
         return 2
