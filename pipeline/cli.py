@@ -39,12 +39,10 @@ def resolve_prompt(text: str, template: str) -> str:
     return ontology.caption(ontology.resolve(text), template)
 
 
-def load_model(args):
-    """(pipeline, spec, settings, vocoder name, vocode) for the model and vocoder the options name."""
+def model_settings(args):
+    """(the model directory, params, its SpectrogramSpec) the options name; a missing model is an error."""
     from pipeline.errors import ModelError
     from pipeline.models.diffusion import read_model_spec
-    from pipeline.models.generate import load_generator
-    from pipeline.models.vocoder import vocoder_for
 
     model = Path(args.model)
     if not (model / "model_index.json").exists():
@@ -54,8 +52,16 @@ def load_model(args):
     spec = read_model_spec(model) or settings.spec
     if args.griffin_lim_iters is not None:
         spec = spec.replace(griffin_lim_iters=args.griffin_lim_iters)
+    return model, settings, spec
+
+
+def load_model(args, model: Path, spec):
+    """(pipeline, vocoder name, vocode): loaded once the cheap checks have passed."""
+    from pipeline.models.generate import load_generator
+    from pipeline.models.vocoder import vocoder_for
+
     vocoder, vocode = vocoder_for(args.vocoder, spec, args.vocoder_dir)
-    return load_generator(model, args.scheduler), spec, settings, vocoder, vocode
+    return load_generator(model, args.scheduler), vocoder, vocode
 
 
 def generate(args) -> None:
@@ -64,19 +70,20 @@ def generate(args) -> None:
     from pipeline.models.generate import generate_images, image_to_audio, save_png, save_wav
     from pipeline.models.inpaint import decode, long_latents
 
-    pipe, spec, settings, vocoder, vocode = load_model(args)
+    model, settings, spec = model_settings(args)
     template = settings.subset.caption_template
     prompt = resolve_prompt(args.text, template)
+    later = [(at, resolve_prompt(text, template)) for at, text in args.prompt_at]
     long_form = args.width is None and (args.seconds > spec.clip_seconds or args.prompt_at)
+    if long_form and not 0 < args.overlap < spec.clip_seconds:
+        raise PipelineError(f"--overlap {args.overlap:g} must be above 0 and below one window "
+                            f"({spec.clip_seconds:g} s)")
+    late = [at for at, _ in args.prompt_at if at >= args.seconds]
+    if long_form and late:
+        raise PipelineError(f"--prompt-at {late[0]:g} lies beyond the clip's {args.seconds:g} s")
+    pipe, vocoder, vocode = load_model(args, model, spec)
     if long_form:
-        if not 0 < args.overlap < spec.clip_seconds:
-            raise PipelineError(f"--overlap {args.overlap:g} must be above 0 and below one window "
-                                f"({spec.clip_seconds:g} s)")
-        late = [at for at, _ in args.prompt_at if at >= args.seconds]
-        if late:
-            raise PipelineError(f"--prompt-at {late[0]:g} lies beyond the clip's {args.seconds:g} s")
-        prompts_at = sorted([(0.0, prompt)] + [(at, resolve_prompt(text, template)) for at, text in args.prompt_at],
-                            key=lambda item: item[0])
+        prompts_at = sorted([(0.0, prompt)] + later, key=lambda item: item[0])
         grey = decode(pipe, long_latents(pipe, prompts_at, args.seconds, args.overlap, spec, args.steps,
                                          args.guidance, args.seed))
         described = " then ".join(f"{text!r} from {at:g} s" for at, text in prompts_at)
@@ -109,7 +116,8 @@ def inpaint(args) -> None:
     from pipeline.sources.clips import ClipRejected, ClipRules
     from pipeline.sources.local import read_recording
 
-    pipe, spec, settings, vocoder, vocode = load_model(args)
+    model, settings, spec = model_settings(args)
+    prompt = resolve_prompt(args.text, settings.subset.caption_template)
     rules = ClipRules(spec.sample_rate, spec.clip_seconds, "pad", "split", -math.inf)
     try:
         original = read_recording(Path(args.input), rules)
@@ -119,7 +127,7 @@ def inpaint(args) -> None:
         raise PipelineError(f"{args.input}: {len(original) / spec.sample_rate:.3f} s is shorter than one mel frame")
     log_mel = waveform_to_log_mel(torch.from_numpy(original), spec)
     mask = region_mask(log_mel.shape[-1], args.start, args.end, args.low_hz, args.high_hz, spec)
-    prompt = resolve_prompt(args.text, settings.subset.caption_template)
+    pipe, vocoder, vocode = load_model(args, model, spec)
     redrawn = inpaint_log_mel(pipe, log_mel, mask, prompt, spec, args.steps, args.guidance, args.seed)
     drawn_audio = vocode(redrawn, args.seed)
     if args.low_hz is None and args.high_hz is None:

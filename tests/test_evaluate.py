@@ -85,7 +85,8 @@ def evaluated(tmp_path_factory, tiny_shards, tiny_models):
     root = tmp_path_factory.mktemp("evaluated")
     models = {"pretrained": tiny_models["pretrained"], "finetuned": tiny_models["finetuned"]}
     guidance = sample(params, shards, root / "samples", models, tiny_models["checkpoints"],
-                      tiny_models["evaluator"], root / "metrics" / "guidance.json", tiny_models["vocoder"])
+                      tiny_models["evaluator"], root / "metrics" / "guidance.json", tiny_models["vocoder"],
+                      root / "metrics" / "longform.png")
     _, index, raw = tiny_audio(shards)
     metrics = evaluate(params, shards, root / "samples", tiny_models["evaluator"], root / "metrics",
                        tiny_models["finetuned"], tiny_models["vocoder"], index, raw)
@@ -126,7 +127,8 @@ def test_the_guidance_scale_is_chosen_on_the_validation_split(evaluated, tmp_pat
     params = dataclasses.replace(params, sample=dataclasses.replace(params.sample, resolutions=("64x64",),
                                                                      checkpoint_per_class=0))
     again = sample(params, tmp_path / "shards", tmp_path / "samples", models, tiny_models["checkpoints"],
-                   tiny_models["evaluator"], tmp_path / "guidance.json", tiny_models["vocoder"])
+                   tiny_models["evaluator"], tmp_path / "guidance.json", tiny_models["vocoder"],
+                   tmp_path / "longform.png")
     assert again == guidance
 
 
@@ -140,6 +142,7 @@ def test_metrics_are_keyed_as_designed(evaluated):
     expected |= {"reconstruction.vae.accuracy", "reconstruction.vae.mae_db"}
     expected |= {f"vocoder.{v}.{name}" for v in VOCODERS
                  for name in ("mel_l1_db", "mrstft", "accuracy", "real_time_factor")}
+    expected |= {"longform.accuracy", "longform.seam_ratio", "inpaint.accuracy", "inpaint.outside_mae_db"}
     assert set(metrics) == expected
     assert json.loads((root / "metrics" / "metrics.json").read_text()) == metrics
     assert all(isinstance(v, float) and np.isfinite(v) for v in metrics.values())
@@ -152,6 +155,10 @@ def test_metrics_are_keyed_as_designed(evaluated):
     table = (root / "metrics" / "table.md").read_text()
     assert "| finetuned | 64 x 400 |" in table and "| real test clips (ceiling) | 64 x 400 |" in table
     assert metrics["reconstruction.vae.mae_db"] > 0
+    assert metrics["inpaint.outside_mae_db"] == 0.0  # composited: outside the region, the input's own mel
+    assert metrics["longform.seam_ratio"] > 0
+    long = Image.open(root / "metrics" / "longform.png")
+    assert long.size == (8 * 48, 64)  # 60 s at 6.4 px per second, in whole latent cells
     curve = pd.read_csv(root / "metrics" / "fid_by_checkpoint.csv")
     assert list(curve.step) == [2, 4, 6] and curve.fid.notna().all()
     assert (root / "metrics" / "grids" / "finetuned_64x400.png").exists()

@@ -41,15 +41,17 @@ from diffusers import AutoencoderKL
 from PIL import Image, ImageDraw
 
 from pipeline import params as params_module
+from pipeline.audio.shards import read_single_clips
 from pipeline.audio.spectrogram import SpectrogramSpec, image_to_log_mel, log_mel_to_grey, waveform_to_log_mel
 from pipeline.audio.waveforms import split_waveforms
 from pipeline.errors import ModelError, stage_main
 from pipeline.files import atomic_path
 from pipeline.models.diffusion import reconstruct
 from pipeline.models.evaluator import Evaluator, accuracy, as_clips, db_to_01, frechet_distance
-from pipeline.models.generate import image_to_audio
+from pipeline.models.generate import image_to_audio, load_generator
+from pipeline.models.inpaint import inpaint_log_mel, region_mask
 from pipeline.models.vocoder import VOCODERS, Vocode, resynthesis_scores, vocoder_for
-from pipeline.params import Params, format_resolution, parse_resolution
+from pipeline.params import Params, SampleParams, format_resolution, parse_resolution
 from pipeline.paths import (
     EVALUATOR_DIR,
     FINETUNED_DIR,
@@ -232,6 +234,58 @@ def vocoder_scores(vocoders: dict[str, Vocode], log_mels: np.ndarray, waveforms:
     return metrics
 
 
+def longform_scores(folder: Path, evaluator: Evaluator) -> dict:
+    """Long out-painted clips: the evaluator on each whole window-length stretch of them, and
+    the spectral flux (mean absolute change between adjacent mel frames, in dB) at the frames
+    where a window's new part begins, over the flux between all other adjacent frames."""
+    spec, rows = evaluator.spec, pd.read_csv(folder / "prompts.csv")
+    hits, at_seams, elsewhere = [], [], []
+    for row in rows.itertuples():
+        log_mel = image_to_log_mel(torch.from_numpy(load_images(folder, [row.file])[0]), spec)
+        count = log_mel.shape[-1] // spec.n_frames
+        stretches = log_mel[:, :count * spec.n_frames].reshape(spec.n_mels, count, spec.n_frames).transpose(0, 1)
+        hits.append(evaluator.recognised(stretches, [row.class_id] * count))
+        flux = (log_mel[:, 1:] - log_mel[:, :-1]).abs().mean(dim=0)
+        seams = torch.tensor([int(frame) - 1 for frame in str(row.seam_frames).split()], dtype=torch.long)
+        inside = torch.ones(len(flux), dtype=torch.bool)
+        inside[seams] = False
+        at_seams.append(flux[seams])
+        elsewhere.append(flux[inside])
+    return {"longform.accuracy": accuracy(np.concatenate(hits)),
+            "longform.seam_ratio": float(torch.cat(at_seams).mean() / torch.cat(elsewhere).mean())}
+
+
+INPAINT_REGION = (3.0, 7.0)  # seconds of each test clip drawn again
+INPAINT_EVERY = 3  # every third single-clip test row
+INPAINT_SEED = 2_000_000_011  # added to sample.seed: seeds no sample set uses
+
+
+def inpaint_scores(model_dir: Path, samples: Path, shards: Path, config: SampleParams,
+                   evaluator: Evaluator) -> dict:
+    """Every ``INPAINT_EVERY``-th single test clip with ``INPAINT_REGION`` drawn again by the
+    fine-tuned model for the class half the class list away (its caption and guidance scale
+    as the training-geometry samples had them): how often the evaluator hears that class in
+    the region, and the mean change in dB outside it."""
+    spec = evaluator.spec
+    drawn_set = pd.read_csv(samples / "finetuned" / format_resolution(spec.image_size, spec.image_size) / "prompts.csv")
+    captions = dict(zip(drawn_set.class_id, drawn_set.prompt))
+    classes = sorted(captions)
+    pipe = load_generator(model_dir, config.scheduler)
+    test = read_single_clips("test", ["log_mel", "target"], shards)
+    hits, outside = [], []
+    for i in range(0, len(test["target"]), INPAINT_EVERY):
+        if test["target"][i] not in captions:
+            continue
+        other = classes[(classes.index(test["target"][i]) + len(classes) // 2) % len(classes)]
+        log_mel = torch.from_numpy(test["log_mel"][i])
+        mask = region_mask(log_mel.shape[-1], *INPAINT_REGION, None, None, spec)
+        drawn = inpaint_log_mel(pipe, log_mel, mask, captions[other], spec, config.steps,
+                                float(drawn_set.guidance.iloc[0]), config.seed + INPAINT_SEED + i)
+        hits.append(evaluator.recognised(drawn[:, mask.any(axis=0)][None], [other]))
+        outside.append(float((drawn - log_mel).abs()[~torch.from_numpy(mask)].mean()))
+    return {"inpaint.accuracy": accuracy(np.concatenate(hits)), "inpaint.outside_mae_db": float(np.mean(outside))}
+
+
 def grid(folder: Path, title: str, out: Path, columns: int = 6, cell_height: int = 96) -> None:
     """One sample per class, each labelled with its class, in a contact sheet."""
     prompts = pd.read_csv(folder / "prompts.csv").drop_duplicates("class_id")
@@ -272,6 +326,9 @@ def table(metrics: dict, sets: list[tuple[str, str]]) -> str:
                      f"{cell(f'accuracy.real.{resolution}', 3)} | – | – | – | – |")
     lines.append(f"\nVAE reconstruction of the test clips: accuracy {cell('reconstruction.vae.accuracy', 3)}, "
                  f"mean error {cell('reconstruction.vae.mae_db', 2)} dB.\n")
+    lines.append(f"Long clips (60 s, out-painted): accuracy per 10 s {cell('longform.accuracy', 3)}, seam flux ratio "
+                 f"{cell('longform.seam_ratio', 2)}. In-painted test clips: accuracy in the region "
+                 f"{cell('inpaint.accuracy', 3)}, change outside it {cell('inpaint.outside_mae_db', 2)} dB.\n")
     lines += ["| Vocoder, resynthesising the test clips | Mel error (dB) | MR-STFT | Accuracy | Real-time factor |",
               "|---|---|---|---|---|"]
     for name in VOCODERS:
@@ -316,6 +373,8 @@ def evaluate(params: Params, shards: Path = SHARDS_DIR, samples: Path = SAMPLES_
                 per_class.append(classes.assign(model=model, resolution=resolution))
                 sets.append((model, resolution))
                 grid(folder, f"{model} {resolution}", out_dir / "grids" / f"{model}_{resolution}.png")
+        metrics.update(longform_scores(samples / "longform", evaluator))
+        metrics.update(inpaint_scores(finetuned, samples, shards, params.sample, evaluator))
         training = format_resolution(spec.image_size, spec.image_size)
         checkpoint_sets = sorted((samples / "checkpoints").glob(f"step-*/{training}"))
         references = references_at(training) if checkpoint_sets else None

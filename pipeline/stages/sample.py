@@ -8,6 +8,11 @@ vocoder of ``models/vocoder``, or whichever of them did better on validation), a
 checkpoint also gets a small set at the training geometry, in
 ``data/samples/checkpoints/step-NNNNNN/``, for the FID-by-checkpoint curve.
 
+The fine-tuned model also draws long clips, out-painted window by window
+(``data/samples/longform/``: a few classes, 60 s each; the first is copied to
+``metrics/longform.png``, a DVC image plot). The test split plays no part here: in-painting
+test clips is ``evaluate``'s.
+
 When ``sample.guidance_scale`` lists candidates, each model first draws a small set at
 the training geometry with each, from seeds no reported set uses, and keeps the scale
 whose samples lie closest (Frechet distance in the evaluator's embedding) to the
@@ -18,6 +23,7 @@ records it with every candidate's distance and accuracy.
 from __future__ import annotations
 
 import argparse
+import math
 import re
 import shutil
 import sys
@@ -32,10 +38,11 @@ from tqdm import tqdm
 from pipeline import params as params_module
 from pipeline.audio.shards import read_single_clips, read_spec, read_split, shard_files
 from pipeline.errors import stage_main
-from pipeline.files import write_json
+from pipeline.files import atomic_path, write_json
 from pipeline.models.checkpoints import checkpoints
 from pipeline.models.evaluator import Evaluator, accuracy, as_clips, frechet_distance
 from pipeline.models.generate import generate_images, image_to_audio, load_generator, save_png, save_wav
+from pipeline.models.inpaint import LATENT_SCALE, decode, long_latents, windows
 from pipeline.models.vocoder import Vocode, vocoder_for
 from pipeline.params import Params, SampleParams, format_resolution, parse_resolution
 from pipeline.paths import CHECKPOINT_DIR, EVALUATOR_DIR, METRICS_DIR, MODELS, SAMPLES_DIR, SHARDS_DIR, VOCODER_DIR
@@ -88,6 +95,40 @@ def choose_guidance(pipe, prompts: list[dict], config: SampleParams, spec, evalu
     return chosen, scores
 
 
+LONGFORM_PLOT = METRICS_DIR / "longform.png"
+# Fixed, not params: they fix what `longform.*` and `inpaint.*` measure, as the test split does.
+LONGFORM_CLASSES = 8  # every n-th class, in class order
+LONGFORM_SECONDS = 60.0
+LONGFORM_OVERLAP = 2.5
+EXTRA_SEED = 2_000_000_011  # added to sample.seed: seeds no other set uses
+
+
+def longform_set(pipe, prompts: list[dict], config: SampleParams, guidance: float, spec, out_dir: Path,
+                 plot_file: Path) -> None:
+    """Long clips of a few classes, and the frames where each window's new part begins."""
+    out_dir.mkdir(parents=True)
+    chosen = prompts[::max(1, len(prompts) // LONGFORM_CLASSES)][:LONGFORM_CLASSES]
+    window = spec.image_size // LATENT_SCALE
+    cells_per_second = window / spec.clip_seconds
+    overlap = min(window - 1, max(1, round(LONGFORM_OVERLAP * cells_per_second)))
+    total = math.ceil(LONGFORM_SECONDS * cells_per_second)
+    frames_per_cell = LATENT_SCALE * spec.n_frames / spec.image_size
+    seams = " ".join(str(round(w.start * frames_per_cell))
+                     for w in windows(total, window, overlap, [(0.0, "")], cells_per_second)[1:])
+    rows = []
+    for k, prompt in enumerate(tqdm(chosen, desc="long clips", unit="clip", file=sys.stderr)):
+        seed = config.seed + EXTRA_SEED + 1_000 * k
+        strip = long_latents(pipe, [(0.0, prompt["prompt"])], LONGFORM_SECONDS, LONGFORM_OVERLAP, spec,
+                             config.steps, guidance, seed)
+        row = dict(prompt, file=f"{slug(prompt['class_name'])}.png", seed=seed, seam_frames=seams)
+        save_png(out_dir / row["file"], decode(pipe, strip))
+        rows.append(row)
+    columns = ["file", "class_id", "class_name", "prompt", "seed", "seam_frames"]
+    pd.DataFrame(rows)[columns].to_csv(out_dir / "prompts.csv", index=False)
+    with atomic_path(plot_file) as tmp:
+        shutil.copyfile(out_dir / rows[0]["file"], tmp)
+
+
 def sample_set(pipe, rows: list[dict], height: int, width: int, config: SampleParams, guidance: float,
                spec, out_dir: Path, wavs_per_class: int, vocoder: tuple[str, Vocode], progress) -> None:
     shutil.rmtree(out_dir, ignore_errors=True)
@@ -111,7 +152,7 @@ def sample_set(pipe, rows: list[dict], height: int, width: int, config: SamplePa
 def sample(params: Params, shards: Path = SHARDS_DIR, out_dir: Path = SAMPLES_DIR,
            models: dict[str, Path] = MODELS, checkpoint_dir: Path = CHECKPOINT_DIR,
            evaluator_dir: Path = EVALUATOR_DIR, guidance_file: Path = GUIDANCE_METRICS,
-           vocoder_dir: Path = VOCODER_DIR) -> dict:
+           vocoder_dir: Path = VOCODER_DIR, plot_file: Path = LONGFORM_PLOT) -> dict:
     config = params.sample
     spec = read_spec(shard_files("train", shards)[0])
     vocoder = vocoder_for(config.vocoder, spec, vocoder_dir)
@@ -134,8 +175,9 @@ def sample(params: Params, shards: Path = SHARDS_DIR, out_dir: Path = SAMPLES_DI
             sample_set(pipe, plan(prompts, config.per_class, config.seed), height, width, config, scale, spec,
                        out_dir / model / format_resolution(height, width), config.wavs_per_class, vocoder,
                        progress)
+    pipe = load_generator(models["finetuned"], config.scheduler)
+    longform_set(pipe, prompts, config, guidance["finetuned"]["guidance_scale"], spec, out_dir / "longform", plot_file)
     if kept:
-        pipe = load_generator(models["finetuned"], config.scheduler)
         for checkpoint in kept:
             pipe.unet = UNet2DConditionModel.from_pretrained(checkpoint / "unet", use_safetensors=True).eval()
             sample_set(pipe, plan(prompts, config.checkpoint_per_class, config.seed),
