@@ -15,6 +15,8 @@ SCORES = ("fid", "kid", "fd_evaluator", "accuracy", "fd_audio", "accuracy_audio"
 SCORES += tuple(f"vocoder.{v}.{name}" for v in ("griffin_lim", "neural") for name in ("fd_audio", "accuracy_audio"))
 TABLE_KEYS = {f"{name}.{model}.{resolution}" for name in SCORES
               for model in ("pretrained", "finetuned") for resolution in ("64x64", "64x400")}
+# long clips and in-painting are drawn with the chosen guidance scale too
+TABLE_KEYS |= {"longform.accuracy", "longform.seam_ratio", "inpaint.accuracy", "inpaint.outside_mae_db"}
 # timings: they move whenever evaluate runs, whatever else did
 TIMED_KEYS = {f"vocoder.{v}.real_time_factor" for v in ("griffin_lim", "neural")}
 
