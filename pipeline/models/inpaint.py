@@ -78,19 +78,28 @@ def windows(total: int, window: int, overlap: int, prompts_at: list[tuple[float,
     return plan
 
 
+def plan_windows(seconds: float, overlap_seconds: float, spec: SpectrogramSpec,
+                 prompts_at: list[tuple[float, str]]) -> tuple[list[Window], int, int]:
+    """(the :func:`windows` of a ``seconds`` clip, the overlap and the clip's length, in latent
+    cells): windows are the training width, ``image_size`` pixels."""
+    window = spec.image_size // LATENT_SCALE
+    cells_per_second = window / spec.clip_seconds
+    overlap = min(window - 1, max(1, round(overlap_seconds * cells_per_second)))
+    total = math.ceil(seconds * cells_per_second)
+    return windows(total, window, overlap, prompts_at, cells_per_second), overlap, total
+
+
 @torch.no_grad()
 def long_latents(pipe, prompts_at: list[tuple[float, str]], seconds: float, overlap_seconds: float,
                  spec: SpectrogramSpec, steps: int, guidance: float, seed: int) -> torch.Tensor:
     """Scaled latents ``(1, C, image_size/8, w)`` for ``seconds`` of audio, window by window.
     ``prompts_at`` is ``[(second, prompt), ...]``, starting at second 0."""
     inpaint = inpainter(pipe)
+    plan, overlap, total = plan_windows(seconds, overlap_seconds, spec, prompts_at)
     window = spec.image_size // LATENT_SCALE
-    cells_per_second = window / spec.clip_seconds
-    overlap = min(window - 1, max(1, round(overlap_seconds * cells_per_second)))
-    total = math.ceil(seconds * cells_per_second)
     channels = pipe.vae.config.latent_channels
     strip = torch.zeros(1, channels, window, 0)
-    for number, planned in enumerate(windows(total, window, overlap, prompts_at, cells_per_second)):
+    for number, planned in enumerate(plan):
         known = torch.zeros(1, channels, window, window)
         keep = torch.zeros(window, window, dtype=torch.bool)
         reused = overlap if number else 0

@@ -168,11 +168,10 @@ def heard_as_image(audio: list[np.ndarray], height: int, width: int, spec: Spect
                      for a in audio])
 
 
-def set_audio(folder: Path, voiced: pd.DataFrame, images: np.ndarray, vocoders: dict[str, Vocode],
+def set_audio(folder: Path, voiced: pd.DataFrame, images: np.ndarray, vocoders: dict[str, Vocode], written: str,
               spec: SpectrogramSpec) -> dict[str, list[np.ndarray]]:
     """The voiced samples' audio from each vocoder: the set's own WAVs for the vocoder that
-    wrote them, the other vocoded here from the same images with the same seeds."""
-    written = voiced.vocoder.iloc[0] if "vocoder" in voiced else "griffin_lim"
+    wrote them (``written``), the other vocoded here from the same images with the same seeds."""
     return {name: [read_wav(folder / w, spec) for w in voiced.wav] if name == written
             else [image_to_audio(grey, spec, vocode, seed) for grey, seed in zip(images, voiced.seed)]
             for name, vocode in vocoders.items()}
@@ -198,8 +197,8 @@ def score_set(folder: Path, references: References, extractor, evaluator: Evalua
     }
     voiced = prompts[prompts.wav.notna()] if "wav" in prompts else prompts.iloc[:0]
     if len(voiced):
-        audio = set_audio(folder, voiced, images[voiced.index.to_numpy()], vocoders, spec)
         written = voiced.vocoder.iloc[0] if "vocoder" in voiced else "griffin_lim"
+        audio = set_audio(folder, voiced, images[voiced.index.to_numpy()], vocoders, written, spec)
         for name, waveforms in audio.items():
             heard = as_clips(torch.from_numpy(heard_as_image(waveforms, *images.shape[1:], spec)), spec)
             scores[f"vocoder.{name}.fd_audio"] = frechet_distance(evaluator.embed(heard), real_embedding)

@@ -23,7 +23,6 @@ records it with every candidate's distance and accuracy.
 from __future__ import annotations
 
 import argparse
-import math
 import re
 import shutil
 import sys
@@ -42,7 +41,7 @@ from pipeline.files import atomic_path, write_json
 from pipeline.models.checkpoints import checkpoints
 from pipeline.models.evaluator import Evaluator, accuracy, as_clips, frechet_distance
 from pipeline.models.generate import generate_images, image_to_audio, load_generator, save_png, save_wav
-from pipeline.models.inpaint import LATENT_SCALE, decode, long_latents, windows
+from pipeline.models.inpaint import LATENT_SCALE, decode, long_latents, plan_windows
 from pipeline.models.vocoder import Vocode, vocoder_for
 from pipeline.params import Params, SampleParams, format_resolution, parse_resolution
 from pipeline.paths import CHECKPOINT_DIR, EVALUATOR_DIR, METRICS_DIR, MODELS, SAMPLES_DIR, SHARDS_DIR, VOCODER_DIR
@@ -107,13 +106,9 @@ def longform_set(pipe, prompts: list[dict], config: SampleParams, guidance: floa
     """A long clip of every class (a few would make ``longform.accuracy`` a matter of which), and
     the frames where each window's new part begins."""
     out_dir.mkdir(parents=True)
-    window = spec.image_size // LATENT_SCALE
-    cells_per_second = window / spec.clip_seconds
-    overlap = min(window - 1, max(1, round(LONGFORM_OVERLAP * cells_per_second)))
-    total = math.ceil(LONGFORM_SECONDS * cells_per_second)
+    plan, _, _ = plan_windows(LONGFORM_SECONDS, LONGFORM_OVERLAP, spec, [(0.0, "")])
     frames_per_cell = LATENT_SCALE * spec.n_frames / spec.image_size
-    seams = " ".join(str(round(w.start * frames_per_cell))
-                     for w in windows(total, window, overlap, [(0.0, "")], cells_per_second)[1:])
+    seams = " ".join(str(round(w.start * frames_per_cell)) for w in plan[1:])
     rows = []
     for k, prompt in enumerate(tqdm(prompts, desc="long clips", unit="clip", file=sys.stderr)):
         seed = config.seed + EXTRA_SEED + 1_000 * k
