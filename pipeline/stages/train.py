@@ -8,7 +8,9 @@ would reverse or cut time.
 
 Every random draw of micro-batch ``m`` (its rows, noise, timesteps, dropped captions)
 comes from ``(train.seed, m)`` alone, so a run resumed from a checkpoint reaches the same
-weights as one that never stopped.
+weights as one that never stopped. Under ``accelerate launch`` process ``r`` of ``P`` takes
+micro-batches ``m = k * P + r``: P processes with ``gradient_accumulation: G`` train what one
+process does with ``G * P``, and either resumes the other's checkpoints.
 """
 
 from __future__ import annotations
@@ -139,7 +141,7 @@ def finetune_vae(vae, shards: Path, config: TrainParams, device, live) -> None:
         loss.backward()
         optimizer.step()
         schedule.step()
-        if (step + 1) % config.log_every == 0:  # dvclive rewrites its files at every step logged
+        if live and (step + 1) % config.log_every == 0:  # dvclive rewrites its files at every step logged
             live.log_metric("vae_finetune/loss", loss.item())
             live.next_step()
     vae.requires_grad_(False).eval()
@@ -166,11 +168,13 @@ class EMA:
             param.copy_(self.shadow[name].to(param.dtype))
 
 
-def fingerprint(params: Params, shards: Path, base: Path) -> str:
-    """What a checkpoint must share with this run to be resumed from: the settings, the
+def fingerprint(params: Params, shards: Path, base: Path, num_processes: int) -> str:
+    """What a checkpoint must share with this run to be resumed from: the settings (with the
+    micro-batches per optimiser step across all processes in place of the accumulation), the
     bytes of the training shards and of the base model, and the training code (changed
     code must retrain, not resume)."""
     train = {k: v for k, v in params.to_dict()["train"].items() if k not in RESUME_IGNORES}
+    train["gradient_accumulation"] *= num_processes
     parts = [json.dumps(train, sort_keys=True), code_digest("pipeline.stages.train")]
     parts += [f"{f.name}:{sha256_file(f)}" for f in shard_files("train", shards)]
     parts += [f"{f.relative_to(base).as_posix()}:{sha256_file(f)}"
@@ -229,7 +233,7 @@ def load_base(base: Path, config: TrainParams, device):
     return pipe
 
 
-def adapt_vae(vae, shards: Path, spec, config: TrainParams, resumed, live, device) -> dict:
+def adapt_vae(vae, shards: Path, spec, config: TrainParams, resumed, live, accelerator) -> dict:
     """Fine-tune the VAE if asked (or take it from the checkpoint resumed from), and report
     its reconstruction error on the validation spectrograms before and after."""
     validation = read_split("val", ["image", "log_mel"], shards)
@@ -238,7 +242,10 @@ def adapt_vae(vae, shards: Path, spec, config: TrainParams, resumed, live, devic
         if resumed is not None:
             vae.load_state_dict(resumed[2]["vae"])
         else:
-            finetune_vae(vae, shards, config, device, live)
+            finetune_vae(vae, shards, config, accelerator.device, live)
+        if accelerator.num_processes > 1:  # every process encodes its latents with the main one's VAE
+            for tensor in vae.state_dict().values():
+                torch.distributed.broadcast(tensor, src=0)
     vae.requires_grad_(False).eval()
     # an untouched VAE reconstructs as it did: no second pass over the validation split
     after = vae_mae_db(vae, validation["image"], validation["log_mel"], spec) if config.finetune_vae else before
@@ -292,19 +299,22 @@ def train(params: Params, shards: Path = SHARDS_DIR, base: Path = PRETRAINED_DIR
     from dvclive import Live
 
     config = params.train
+    # cpu=True without CUDA: then `accelerate launch --multi_gpu` starts CPU processes over gloo
     accelerator = Accelerator(mixed_precision=resolve_precision(config.mixed_precision),
-                              gradient_accumulation_steps=config.gradient_accumulation)
-    device = accelerator.device
+                              gradient_accumulation_steps=config.gradient_accumulation,
+                              cpu=not torch.cuda.is_available())
+    device, main_process = accelerator.device, accelerator.is_main_process
     spec = read_spec(shard_files("train", shards)[0])
     pipe = load_base(base, config, device)
-    run_fingerprint = fingerprint(params, shards, base)
+    run_fingerprint = fingerprint(params, shards, base, accelerator.num_processes)
     resumed = latest_checkpoint(checkpoint_dir, run_fingerprint)
-    live = Live(str(live_dir), save_dvc_exp=False, dvcyaml=False)
-    report = adapt_vae(pipe.vae, shards, spec, config, resumed, live, device)
+    live = Live(str(live_dir), save_dvc_exp=False, dvcyaml=False) if main_process else None
+    report = adapt_vae(pipe.vae, shards, spec, config, resumed, live, accelerator)
     data = encode_training_set(pipe, shards, device, config.finetune_vae)
     optimizer, scheduler, ema, progress = start_optimisation(pipe.unet, config, resumed)
-    unet, optimizer, scheduler = accelerator.prepare(pipe.unet, optimizer, scheduler)
-    for row in progress.history:  # the log of the steps before the checkpoint, as the new run's start
+    # the schedule is not prepared: accelerate would step it once per process per step
+    unet, optimizer = accelerator.prepare(pipe.unet, optimizer)
+    for row in progress.history if live else ():  # the log before the checkpoint, as the new run's start
         log_step(live, row)
     start_step, started = progress.step, time.perf_counter()
     try:
@@ -320,15 +330,14 @@ def train(params: Params, shards: Path = SHARDS_DIR, base: Path = PRETRAINED_DIR
                     "train.learning_rate or train.mixed_precision: 'no'.")
             if ema is not None:
                 ema.update(accelerator.unwrap_model(unet), step)
-            if progress.step % config.log_every == 0 or progress.step == config.steps:
+            if live and (progress.step % config.log_every == 0 or progress.step == config.steps):
                 # no timings here: the log is tracked in git, and must not change between
                 # runs that train the same weights (throughput goes to metrics/timings/)
                 progress.history.append({"step": progress.step, "loss": progress.loss,
                                          "lr": scheduler.get_last_lr()[0]})
                 log_step(live, progress.history[-1])
                 live.next_step()
-            if accelerator.is_main_process and (progress.step % config.checkpoint_every == 0
-                                                or progress.step == config.steps):
+            if main_process and (progress.step % config.checkpoint_every == 0 or progress.step == config.steps):
                 plain = accelerator.unwrap_model(unet)
                 record = {"step": progress.step, "fingerprint": run_fingerprint, "loss": progress.loss,
                           "history": progress.history}
@@ -345,15 +354,17 @@ def train(params: Params, shards: Path = SHARDS_DIR, base: Path = PRETRAINED_DIR
             "train.gradient_accumulation to keep the effective batch, or set "
             "train.gradient_checkpointing: true (or train.mixed_precision: bf16 on a GPU)") from None
     wall = time.perf_counter() - started
-    pipe.unet = _with_ema(accelerator.unwrap_model(unet), ema).to(torch.float32).eval()
-    pipe.vae = pipe.vae.to(torch.float32)
-    save_pipeline(pipe, out_dir)
-    write_spec(out_dir, spec)
-    live.end()
+    accelerator.wait_for_everyone()
+    if main_process:
+        pipe.unet = _with_ema(accelerator.unwrap_model(unet), ema).to(torch.float32).eval()
+        pipe.vae = pipe.vae.to(torch.float32)
+        save_pipeline(pipe, out_dir)
+        write_spec(out_dir, spec)
+        live.end()
     report.update({
         "steps": config.steps, "resumed_from_step": start_step, "final_loss": progress.loss,
         "training_rows": len(data.means), "ema": config.ema, "init": config.init,
-        "mixed_precision": accelerator.mixed_precision,
+        "mixed_precision": accelerator.mixed_precision, "processes": accelerator.num_processes,
     })
     trained = config.steps - start_step
     per_step = config.batch_size * config.gradient_accumulation * accelerator.num_processes
@@ -377,8 +388,9 @@ def train_step(step: int, unet, optimizer, scheduler, data: TrainingSet, noise_s
             if accelerator.sync_gradients:
                 accelerator.clip_grad_norm_(unet.parameters(), config.max_grad_norm)
             optimizer.step()
-            scheduler.step()
             optimizer.zero_grad()
+    if not optimizer.step_was_skipped:  # fp16's scaler skips a step whose gradients overflowed
+        scheduler.step()
     return loss
 
 
@@ -404,10 +416,13 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", default=str(params_module.PARAMS_YAML))
     args = parser.parse_args(argv)
+    from accelerate import PartialState
+
     report = train(params_module.load(args.params))
-    write_json(TIMINGS_DIR / "train.json", report.pop("timings"))
-    write_json(METRICS, report)
-    print(json.dumps(report, indent=2), file=sys.stderr)
+    if PartialState().is_main_process:  # one process writes, under `accelerate launch`
+        write_json(TIMINGS_DIR / "train.json", report.pop("timings"))
+        write_json(METRICS, report)
+        print(json.dumps(report, indent=2), file=sys.stderr)
 
 
 if __name__ == "__main__":
