@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup run test smoke bench
+.PHONY: setup run test smoke rehearse bench
 
 setup: $(STAMP)
 
@@ -28,6 +28,13 @@ smoke: $(STAMP)
 	rm -rf .smoke && git clone -q . .smoke
 	cd .smoke && specldm profile tiny && dvc repro && dvc metrics show
 	rm -rf .smoke
+
+# configs/paper-rehearsal.yaml in a scratch clone: the paper's geometry and code paths (512 px,
+# SD v1.4's layout, AudioSet via yt-dlp, mixtures, 64x400 sampling) in amounts for 2 CPU cores.
+rehearse: $(STAMP)
+	rm -rf .rehearse && git clone -q . .rehearse
+	cd .rehearse && specldm profile paper-rehearsal && python tests/rehearsal.py
+	rm -rf .rehearse
 
 bench: $(STAMP)
 	for script in benchmarks/bench_*.py; do python $$script || exit 1; done

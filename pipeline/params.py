@@ -401,6 +401,11 @@ class SampleParams:
     # mels when train_vocoder ran (recorded in models/vocoder/config.json)
     vocoder: str = "auto"
     checkpoint_per_class: int = 1  # samples per class from each kept checkpoint (FID curve)
+    # Long clips out-painted window by window (data/samples/longform/, scored as longform.*):
+    # this long, of this many classes (0: every class; fewer: a seeded choice of them, for
+    # runs with hundreds of classes, where a minute of each costs as much as all other samples)
+    longform_seconds: float = 60.0
+    longform_classes: int = 0
 
     def __post_init__(self) -> None:
         _require(len(self.resolutions) >= 1, "sample.resolutions", "needs at least one size")
@@ -419,6 +424,8 @@ class SampleParams:
                  "must be within [0, sample.per_class]")
         _require(self.checkpoint_per_class >= 0, "sample.checkpoint_per_class", "must not be negative")
         _require(self.vocoder in VOCODER_CHOICES, "sample.vocoder", f"must be one of {VOCODER_CHOICES}")
+        _require(self.longform_seconds > 0, "sample.longform_seconds", "must be positive")
+        _require(self.longform_classes >= 0, "sample.longform_classes", "must be 0 (every class) or more")
 
     @property
     def guidance_scales(self) -> tuple[float, ...]:
@@ -570,16 +577,26 @@ PROFILE_HEADER = """\
 
 
 def profile(name: str) -> Params:
-    """The embedded defaults with ``configs/<name>.yaml`` laid over them (``default``: none)."""
-    base = Params().to_dict()
+    """The embedded defaults with ``configs/<name>.yaml`` laid over them (``default``: none).
+    A profile that begins ``extends: <other>`` is laid over that profile instead, so that a
+    rehearsal of ``paper`` follows every later change to ``paper``."""
+    return parse(_profile_dict(name, ()))
+
+
+def _profile_dict(name: str, seen: tuple[str, ...]) -> dict:
     if name == "default":
-        return parse(base)
+        return Params().to_dict()
+    if name in seen:
+        raise ParamsError(f"profile {name!r} extends itself ({' -> '.join(seen + (name,))})")
     overlay_path = CONFIGS_DIR / f"{name}.yaml"
     if not overlay_path.exists():
         choices = ["default"] + sorted(p.stem for p in CONFIGS_DIR.glob("*.yaml"))
         raise ParamsError(f"unknown profile {name!r}; choose from {', '.join(choices)}")
     overlay = yaml.safe_load(overlay_path.read_text()) or {}
-    return parse(_merge(base, overlay))
+    base = overlay.pop("extends", "default")
+    if not isinstance(base, str):
+        raise ParamsError(f"{overlay_path}: extends: must name one profile")
+    return _merge(_profile_dict(base, seen + (name,)), overlay)
 
 
 def render_profile(name: str) -> str:

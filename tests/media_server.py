@@ -60,7 +60,7 @@ class MediaServer:
     requests that came through it as a proxy; ``latency_seconds`` delays every answer.
     """
 
-    def __init__(self, media_dir: Path, latency_seconds: float = 0.0):
+    def __init__(self, media_dir: Path, latency_seconds: float = 0.0, port: int = 0):
         self.media_dir = Path(media_dir)
         self.latency_seconds = latency_seconds
         self.failures: dict[str, list[int]] = {}
@@ -69,7 +69,7 @@ class MediaServer:
         self.cookies: set[str] = set()
         self.proxied = 0
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
         self._server.daemon_threads = True
 
     @property

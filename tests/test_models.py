@@ -250,3 +250,15 @@ def test_changed_training_code_retrains_instead_of_resuming(tmp_path, tiny_shard
     before = train_module.fingerprint(params, shards, tiny_base)
     monkeypatch.setattr(train_module, "code_digest", lambda module: "a changed loss, say")
     assert train_module.fingerprint(params, shards, tiny_base) != before
+
+
+def test_sd_v1_4_layout_has_the_published_sizes():
+    """At divisor 1 the SD-shaped parts are SD v1.4's: its U-Net's 859,520,964 parameters and its
+    VAE's 83,653,863 (built on the meta device: no memory, no weights)."""
+    from pipeline.models.sd_shape import sd_v1_4_unet, sd_v1_4_vae
+
+    with torch.device("meta"):
+        unet, vae = sd_v1_4_unet(1), sd_v1_4_vae(1)
+    assert sum(p.numel() for p in unet.parameters()) == 859_520_964
+    assert sum(p.numel() for p in vae.parameters()) == 83_653_863
+    assert unet.config.down_block_types[:3] == ("CrossAttnDownBlock2D",) * 3

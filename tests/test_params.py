@@ -109,3 +109,20 @@ def test_a_yaml_alias_bomb_gets_a_short_message(tmp_path):
     with pytest.raises(ParamsError, match=r"sample\.resolutions\[0\]: expected str, got list") as error:
         load(bomb)
     assert len(str(error.value)) < 200
+
+
+def test_a_profile_extends_another(tmp_path, monkeypatch):
+    rehearsal, paper = profile("paper-rehearsal"), profile("paper")
+    # the paper's geometry and model, the rehearsal's amounts
+    assert (rehearsal.render.image_size, rehearsal.model.base, rehearsal.sample.resolutions) == \
+        (paper.render.image_size, paper.model.base, paper.sample.resolutions)
+    assert rehearsal.train.gradient_checkpointing and rehearsal.subset.mixtures > 0
+    assert rehearsal.train.steps < paper.train.steps and rehearsal.source.url_template.startswith("http://127.0.0.1:")
+    monkeypatch.setattr("pipeline.params.CONFIGS_DIR", tmp_path)
+    (tmp_path / "a.yaml").write_text("extends: b\n")
+    (tmp_path / "b.yaml").write_text("extends: a\n")
+    with pytest.raises(ParamsError, match=r"extends itself \(a -> b -> a\)"):
+        profile("a")
+    (tmp_path / "c.yaml").write_text("extends: nowhere\n")
+    with pytest.raises(ParamsError, match="unknown profile 'nowhere'"):
+        profile("c")

@@ -47,14 +47,14 @@ def _draw(inpaint, prompt: str, known: torch.Tensor, keep: torch.Tensor, steps: 
     return inpaint(prompt, image=known, masked_image_latents=known, mask_image=mask[None, None],
                    height=height, width=width, strength=1.0, num_inference_steps=steps,
                    guidance_scale=guidance, generator=torch.Generator().manual_seed(seed),
-                   output_type="latent").images
+                   output_type="latent").images.cpu()
 
 
 @torch.no_grad()
 def decode(pipe, latents: torch.Tensor) -> np.ndarray:
     """Scaled latents -> a uint8 grey image ``(H, W)``: the colour channels' mean, as for every sample."""
-    image = pipe.vae.decode(latents / pipe.vae.config.scaling_factor).sample[0]
-    return ((image.float().mean(dim=0) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
+    image = pipe.vae.decode(latents.to(pipe.vae.device) / pipe.vae.config.scaling_factor).sample[0]
+    return ((image.float().mean(dim=0) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
 
 
 @dataclass(frozen=True)
@@ -162,7 +162,7 @@ def inpaint_log_mel(pipe, log_mel: torch.Tensor, mask: np.ndarray, prompt: str, 
     grey = log_mel_to_grey(padded, spec, spec.image_size, width)
     image = torch.from_numpy(grey.numpy().astype(np.float32) / 127.5 - 1.0).expand(1, 3, -1, -1)
     vae = pipe.vae
-    known = vae.encode(image).latent_dist.mean * vae.config.scaling_factor
+    known = vae.encode(image.to(vae.device)).latent_dist.mean.cpu() * vae.config.scaling_factor
     # the mask in image pixels (flipped: low frequencies at the bottom), then in latent cells:
     # a cell is redrawn when any of its pixels is
     mask_image = log_mel_to_grey(torch.from_numpy(np.pad(mask, ((0, 0), (0, padded_frames - frames)))).float()

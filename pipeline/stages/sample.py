@@ -95,24 +95,27 @@ def choose_guidance(pipe, prompts: list[dict], config: SampleParams, spec, evalu
 
 
 LONGFORM_PLOT = METRICS_DIR / "longform.png"
-# Fixed, not params: they fix what `longform.*` and `inpaint.*` measure, as the test split does.
-LONGFORM_SECONDS = 60.0
 LONGFORM_OVERLAP = 2.5
 EXTRA_SEED = 2_000_000_011  # added to sample.seed: seeds no other set uses
 
 
 def longform_set(pipe, prompts: list[dict], config: SampleParams, guidance: float, spec, out_dir: Path,
                  plot_file: Path) -> None:
-    """A long clip of every class (a few would make ``longform.accuracy`` a matter of which), and
-    the frames where each window's new part begins."""
+    """A long clip of every class (a few hand-picked would make ``longform.accuracy`` a matter of
+    which; ``sample.longform_classes`` draws a seeded few), and the frames where each window's
+    new part begins."""
     out_dir.mkdir(parents=True)
-    plan, _, _ = plan_windows(LONGFORM_SECONDS, LONGFORM_OVERLAP, spec, [(0.0, "")])
+    plan, _, _ = plan_windows(config.longform_seconds, LONGFORM_OVERLAP, spec, [(0.0, "")])
     frames_per_cell = LATENT_SCALE * spec.n_frames / spec.image_size
     seams = " ".join(str(round(w.start * frames_per_cell)) for w in plan[1:])
+    chosen = range(len(prompts))
+    if 0 < config.longform_classes < len(prompts):
+        drawn = np.random.default_rng(config.seed).choice(len(prompts), config.longform_classes, replace=False)
+        chosen = sorted(int(k) for k in drawn)
     rows = []
-    for k, prompt in enumerate(tqdm(prompts, desc="long clips", unit="clip", file=sys.stderr)):
-        seed = config.seed + EXTRA_SEED + 1_000 * k
-        strip = long_latents(pipe, [(0.0, prompt["prompt"])], LONGFORM_SECONDS, LONGFORM_OVERLAP, spec,
+    for k in tqdm(chosen, desc="long clips", unit="clip", file=sys.stderr):
+        prompt, seed = prompts[k], config.seed + EXTRA_SEED + 1_000 * k
+        strip = long_latents(pipe, [(0.0, prompt["prompt"])], config.longform_seconds, LONGFORM_OVERLAP, spec,
                              config.steps, guidance, seed)
         row = dict(prompt, file=f"{slug(prompt['class_name'])}.png", seed=seed, seam_frames=seams)
         save_png(out_dir / row["file"], decode(pipe, strip))
@@ -173,7 +176,8 @@ def sample(params: Params, shards: Path = SHARDS_DIR, out_dir: Path = SAMPLES_DI
     longform_set(pipe, prompts, config, guidance["finetuned"]["guidance_scale"], spec, out_dir / "longform", plot_file)
     if kept:
         for checkpoint in kept:
-            pipe.unet = UNet2DConditionModel.from_pretrained(checkpoint / "unet", use_safetensors=True).eval()
+            pipe.unet = UNet2DConditionModel.from_pretrained(checkpoint / "unet", use_safetensors=True).to(
+                pipe.device).eval()
             sample_set(pipe, plan(prompts, config.checkpoint_per_class, config.seed),
                        spec.image_size, spec.image_size, config, guidance["finetuned"]["guidance_scale"], spec,
                        out_dir / "checkpoints" / checkpoint.name / format_resolution(spec.image_size, spec.image_size),

@@ -33,6 +33,7 @@ from pipeline.audio.spectrogram import SpectrogramSpec, waveform_to_log_mel
 from pipeline.audio.waveforms import split_waveforms
 from pipeline.errors import PipelineError, stage_main
 from pipeline.files import write_json
+from pipeline.models import compute_device
 from pipeline.models.checkpoints import latest_checkpoint, save_checkpoint
 from pipeline.models.vocoder import (
     NeuralVocoder,
@@ -108,7 +109,7 @@ def train_vocoder(params: Params, shards: Path = SHARDS_DIR, index: Path = SUBSE
     log_mels = waveform_to_log_mel(train["waveform"], spec)
     run_fingerprint = fingerprint(params, train["waveform"], spec)
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = compute_device()
     torch.manual_seed(config.seed)
     vocoder = NeuralVocoder(spec, VocoderShape(config.dim, config.intermediate_dim, config.num_layers, config.n_fft))
     vocoder.to(device)
