@@ -247,9 +247,17 @@ def test_running_out_of_cpu_memory_gets_advice(tmp_path, tiny_shards, tiny_base,
 
 def test_changed_training_code_retrains_instead_of_resuming(tmp_path, tiny_shards, tiny_base, monkeypatch):
     shards, params = tiny_shards
-    before = train_module.fingerprint(params, shards, tiny_base)
+    before = train_module.fingerprint(params, shards, tiny_base, 1)
     monkeypatch.setattr(train_module, "code_digest", lambda module: "a changed loss, say")
-    assert train_module.fingerprint(params, shards, tiny_base) != before
+    assert train_module.fingerprint(params, shards, tiny_base, 1) != before
+
+
+def test_checkpoints_resume_across_process_counts_only_at_the_same_global_batch(tiny_shards, tiny_base):
+    shards, params = tiny_shards
+    accumulating = tiny_params(train={"gradient_accumulation": 2})
+    two_processes = train_module.fingerprint(params, shards, tiny_base, 2)
+    assert two_processes == train_module.fingerprint(accumulating, shards, tiny_base, 1)
+    assert two_processes != train_module.fingerprint(params, shards, tiny_base, 1)
 
 
 def test_sd_v1_4_layout_has_the_published_sizes():
