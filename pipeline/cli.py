@@ -55,6 +55,23 @@ def model_settings(args):
     return model, settings, spec
 
 
+def guidance_scale(args, model: Path, settings) -> tuple[float, str]:
+    """(the scale, where it came from): ``--guidance``, else the one the sample stage chose for
+    this model on the validation clips (``--guidance-file``), else ``sample.guidance_scale``'s first."""
+    import json
+
+    from pipeline.paths import MODELS
+
+    if args.guidance is not None:
+        return args.guidance, "--guidance"
+    chosen_file = Path(args.guidance_file)
+    chosen = json.loads(chosen_file.read_text()) if chosen_file.is_file() else {}
+    for name, directory in MODELS.items():
+        if name in chosen and model.resolve() == directory.resolve():
+            return float(chosen[name]["guidance_scale"]), f"chosen on the validation clips, {chosen_file}"
+    return settings.sample.guidance_scales[0], "sample.guidance_scale"
+
+
 def load_model(args, model: Path, spec):
     """(pipeline, vocoder name, vocode): loaded once the cheap checks have passed."""
     from pipeline.models.generate import load_generator
@@ -81,16 +98,17 @@ def generate(args) -> None:
     late = [at for at, _ in args.prompt_at if at >= args.seconds]
     if long_form and late:
         raise PipelineError(f"--prompt-at {late[0]:g} lies beyond the clip's {args.seconds:g} s")
+    guidance, guidance_from = guidance_scale(args, model, settings)
     pipe, vocoder, vocode = load_model(args, model, spec)
     if long_form:
         prompts_at = sorted([(0.0, prompt)] + later, key=lambda item: item[0])
         grey = decode(pipe, long_latents(pipe, prompts_at, args.seconds, args.overlap, spec, args.steps,
-                                         args.guidance, args.seed))
+                                         guidance, args.seed))
         described = " then ".join(f"{text!r} from {at:g} s" for at, text in prompts_at)
     else:
         height = spec.image_size if args.height is None else args.height
         width = width_for_seconds(args.seconds, spec) if args.width is None else args.width
-        grey = generate_images(pipe, [prompt], [args.seed], height, width, args.steps, args.guidance)[0]
+        grey = generate_images(pipe, [prompt], [args.seed], height, width, args.steps, guidance)[0]
         described = repr(prompt)
     audio = image_to_audio(grey, spec, vocode, args.seed)
     if args.width is None:
@@ -99,7 +117,7 @@ def generate(args) -> None:
     save_wav(out, audio, spec.sample_rate)
     save_png(out.with_suffix(".png"), grey)
     print(f"{out} ({len(audio) / spec.sample_rate:.2f} s, {vocoder} vocoder) and {out.with_suffix('.png')} "
-          f"({grey.shape[0]}x{grey.shape[1]}) from {described}")
+          f"({grey.shape[0]}x{grey.shape[1]}) from {described}, guidance {guidance:g} ({guidance_from})")
 
 
 CROSSFADE_SECONDS = 0.01
@@ -128,7 +146,8 @@ def inpaint(args) -> None:
     log_mel = waveform_to_log_mel(torch.from_numpy(original), spec)
     mask = region_mask(log_mel.shape[-1], args.start, args.end, args.low_hz, args.high_hz, spec)
     pipe, vocoder, vocode = load_model(args, model, spec)
-    redrawn = inpaint_log_mel(pipe, log_mel, mask, prompt, spec, args.steps, args.guidance, args.seed)
+    redrawn = inpaint_log_mel(pipe, log_mel, mask, prompt, spec, args.steps, guidance_scale(args, model, settings)[0],
+                              args.seed)
     drawn_audio = vocode(redrawn, args.seed)
     if args.low_hz is None and args.high_hz is None:
         # a time region only: outside it the audio is the input's own, cross-faded at the edges
@@ -205,8 +224,11 @@ def _wav_path(text: str) -> str:
 def model_options(command) -> None:
     command.add_argument("--model", default="models/finetuned", help="a diffusers pipeline directory")
     command.add_argument("--steps", type=_whole_number(1), default=25)
-    command.add_argument("--guidance", type=_finite_number(1.0), default=3.0,
-                         help="classifier-free guidance scale (1 = none)")
+    command.add_argument("--guidance", type=_finite_number(1.0),
+                         help="classifier-free guidance scale (1 = none); default: the scale the sample "
+                              "stage chose for this model on the validation clips (--guidance-file)")
+    command.add_argument("--guidance-file", default="metrics/guidance.json",
+                         help="the scales the sample stage chose, per model")
     command.add_argument("--seed", type=int, default=0)
     command.add_argument("--scheduler", default="dpm++", choices=params.SCHEDULER_NAMES)
     command.add_argument("--vocoder", default="auto", choices=params.VOCODER_CHOICES,

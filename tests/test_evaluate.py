@@ -262,6 +262,21 @@ def test_generate_writes_wav_of_the_requested_length(tmp_path, tiny_models, caps
     assert f"{vocoder} vocoder" in printed or vocoder == "auto"
 
 
+def test_generate_takes_the_guidance_the_sample_stage_chose(tmp_path, tiny_models, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "finetuned").symlink_to(tiny_models["finetuned"])
+    fast = ["--seconds", "1.5", "--steps", "1", "--vocoder", "griffin_lim", "--griffin-lim-iters", "1"]
+    assert run_cli("Church bell", *fast) == 0
+    assert "guidance 4 (sample.guidance_scale)" in capsys.readouterr().out  # no choice recorded yet
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics" / "guidance.json").write_text('{"finetuned": {"guidance_scale": 9.0}}')
+    assert run_cli("Church bell", *fast) == 0
+    assert "guidance 9 (chosen on the validation clips" in capsys.readouterr().out
+    assert run_cli("Church bell", *fast, "--guidance", "2") == 0
+    assert "guidance 2 (--guidance)" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("argv, message", [
     (["Church bell", "--model", "/nonexistent/model"], "no model at /nonexistent/model"),
     (["Church bel"], "did you mean 'Church bell'"),
