@@ -145,9 +145,9 @@ def inpaint(args) -> None:
         raise PipelineError(f"{args.input}: {len(original) / spec.sample_rate:.3f} s is shorter than one mel frame")
     log_mel = waveform_to_log_mel(torch.from_numpy(original), spec)
     mask = region_mask(log_mel.shape[-1], args.start, args.end, args.low_hz, args.high_hz, spec)
+    guidance, _ = guidance_scale(args, model, settings)
     pipe, vocoder, vocode = load_model(args, model, spec)
-    redrawn = inpaint_log_mel(pipe, log_mel, mask, prompt, spec, args.steps, guidance_scale(args, model, settings)[0],
-                              args.seed)
+    redrawn = inpaint_log_mel(pipe, log_mel, mask, prompt, spec, args.steps, guidance, args.seed)
     drawn_audio = vocode(redrawn, args.seed)
     if args.low_hz is None and args.high_hz is None:
         # a time region only: outside it the audio is the input's own, cross-faded at the edges
