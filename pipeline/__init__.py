@@ -9,8 +9,12 @@ its worker processes, local recordings) and the manifest all of them write. ``au
 every audio constant and conversion (``SpectrogramSpec``: waveform, log-mel, image), the
 Parquet shards that carry them and the waveforms behind each shard row. ``models/`` holds the
 diffusion model's parts, generation, the vocoders, the evaluator network and checkpoints.
-Beside them: ``params.py`` (validated parameters), ``errors.py`` (errors a user can act
-on), ``provenance.py`` (which code each stage runs), ``files.py`` (atomic writes),
-``ontology.py`` (AudioSet's classes), ``cli.py`` (the ``specldm`` command). A new stage
-goes in ``stages/``, a new source in ``sources/``, a new network in ``models/``.
+``evaluation/`` scores: the frozen feature extractors (Inception-v3, the aisfx sound
+embedding), distances and bootstrap intervals, the frozen judge, the real clips' features
+(``models/judge``), every tracked score, the table and ``specldm compare``. Beside them:
+``params.py`` (validated parameters), ``errors.py`` (errors a user can act on),
+``provenance.py`` (which code each stage runs), ``files.py`` (atomic writes), ``ontology.py``
+(AudioSet's classes), ``cli.py`` (the ``specldm`` command). A new stage
+goes in ``stages/``, a new source in ``sources/``, a new network in ``models/``, a new score in
+``evaluation/``.
 """

@@ -274,6 +274,11 @@ def main(argv: list[str] | None = None) -> int:
     redraw.add_argument("--high-hz", type=_finite_number(0.0), help="band top (default: the mel's highest)")
     redraw.add_argument("--out", required=True, type=_wav_path, help="the WAV to write; the PNG goes beside it")
     model_options(redraw)
+    versus = commands.add_parser("compare", help="two revisions' scores with their 95%% intervals, "
+                                 "differences beyond the noise marked")
+    versus.add_argument("a", nargs="?", default="main", help="a git revision (default: main)")
+    versus.add_argument("b", nargs="?", default="workspace",
+                        help="a git revision, or 'workspace' for the files as they are (the default)")
     args = parser.parse_args(argv)
 
     try:
@@ -282,6 +287,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{args.params} now holds profile '{args.name}'; `dvc status` shows what reruns")
         elif args.command == "generate":
             generate(args)
+        elif args.command == "compare":
+            from pipeline.evaluation.compare import report
+
+            print(report(args.a, args.b)[0], end="")
         else:
             inpaint(args)
     except PipelineError as error:

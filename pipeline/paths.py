@@ -13,6 +13,7 @@ PRETRAINED_DIR = Path("models/pretrained")
 FINETUNED_DIR = Path("models/finetuned")
 CHECKPOINT_DIR = Path("models/checkpoints")
 EVALUATOR_DIR = Path("models/evaluator")
+JUDGE_DIR = Path("models/judge")  # fit_judge: the frozen judge and the real clips' features
 VOCODER_DIR = Path("models/vocoder")
 VOCODER_CHECKPOINT_DIR = Path("models/vocoder_checkpoints")
 MODELS = {"pretrained": PRETRAINED_DIR, "finetuned": FINETUNED_DIR}  # what sample and evaluate compare

@@ -12,8 +12,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 TINY_PROFILE = "tiny"  # configs/tiny.yaml: the whole DAG in seconds
 ROOT = Path(__file__).resolve().parent.parent
-REPO_FILES = ["dvc.yaml", "pyproject.toml", "pipeline", "data/meta", "configs", ".dvc/config",
-              ".dvcignore", ".gitignore"]
+REPO_FILES = ["dvc.yaml", "pyproject.toml", "requirements-judges.txt", "pipeline", "data/meta", "configs",
+              ".dvc/config", ".dvcignore", ".gitignore"]
 
 
 def run(cmd, cwd, env=None):
@@ -116,6 +116,20 @@ def tiny_models(tmp_path_factory, tiny_shards, tiny_base):
     return {"pretrained": tiny_base, "finetuned": root / "finetuned",
             "checkpoints": root / "checkpoints", "evaluator": root / "evaluator",
             "evaluator_report": report, "vocoder": root / "vocoder"}
+
+
+@pytest.fixture(scope="session")
+def tiny_judge(tmp_path_factory, tiny_shards):
+    """The frozen judge fitted on the tiny shards (its real features at 64x64 and 64x400)."""
+    from pipeline.evaluation.extractors import Inception, SoundEmbedding
+    from pipeline.evaluation.references import fit_judge
+
+    shards, params = tiny_shards
+    path = tmp_path_factory.mktemp("judge") / "judge"
+    judge = fit_judge(*tiny_audio(shards), list(params.sample.resolutions), Inception.from_params("", "", 16),
+                      SoundEmbedding(params.spectrogram.sample_rate))
+    judge.save(path)
+    return path
 
 
 def tiny_audio(shards: Path) -> tuple[Path, Path, Path]:

@@ -92,10 +92,8 @@ def compare_on_validation(vocoder: NeuralVocoder, validation: dict) -> dict:
     log_mels = torch.from_numpy(validation["log_mel"])
     runs = {"griffin_lim": lambda mel, seed: griffin_lim(mel, spec, seed),
             "neural": lambda mel, seed: neural(vocoder, mel)}
-    return {name: {key: value for key, value in
-                   resynthesis_scores(vocode, log_mels, validation["waveform"], spec).items()
-                   if key in ("mel_l1_db", "mrstft")}
-            for name, vocode in runs.items()}
+    scores = {name: resynthesis_scores(vocode, log_mels, validation["waveform"], spec) for name, vocode in runs.items()}
+    return {name: {key: float(run[key].mean()) for key in ("mel_l1_db", "mrstft")} for name, run in scores.items()}
 
 
 def train_vocoder(params: Params, shards: Path = SHARDS_DIR, index: Path = SUBSET_DIR / "index.parquet",

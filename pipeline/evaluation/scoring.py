@@ -1,0 +1,276 @@
+"""Every score ``evaluate`` tracks, read through the frozen judge, each with its interval."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import soundfile as sf
+import torch
+from diffusers import AutoencoderKL
+from PIL import Image
+from tqdm import tqdm
+
+from pipeline.audio.shards import read_single_clips
+from pipeline.audio.spectrogram import SpectrogramSpec, image_to_log_mel, log_mel_to_grey
+from pipeline.audio.waveforms import split_waveforms
+from pipeline.errors import ModelError
+from pipeline.evaluation.extractors import Inception, SoundEmbedding, clip_features
+from pipeline.evaluation.references import Judge
+from pipeline.evaluation.scores import Score, frechet, kernel_distance, mean_score, ratio_score
+from pipeline.evaluation.table import grid, table
+from pipeline.files import atomic_path, write_json
+from pipeline.models import compute_device
+from pipeline.models.diffusion import reconstruct
+from pipeline.models.generate import image_to_audio, load_generator
+from pipeline.models.inpaint import inpaint_log_mel, region_mask
+from pipeline.models.vocoder import VOCODERS, Vocode, resynthesis_scores, vocoder_for
+from pipeline.params import Params, SampleParams, format_resolution, parse_resolution
+from pipeline.paths import (
+    FINETUNED_DIR,
+    JUDGE_DIR,
+    METRICS_DIR,
+    MODELS,
+    RAW_DIR,
+    SAMPLES_DIR,
+    SHARDS_DIR,
+    SUBSET_DIR,
+    TIMINGS_DIR,
+    VOCODER_DIR,
+)
+
+
+class Scorer:
+    """Holds the extractors, the judge and the bootstrap settings; each method adds scores."""
+
+    def __init__(self, judge: Judge, inception: Inception, sound: SoundEmbedding, spec: SpectrogramSpec,
+                 resamples: int, seed: int):
+        self.judge, self.inception, self.sound, self.spec = judge, inception, sound, spec
+        self.resamples, self.seed = resamples, seed
+        self.scores: dict[str, Score] = {}
+        self.train_audio = judge.features["train.audio"].mean(axis=1)  # FAD's reference: clip means
+
+    def add(self, key: str, score: Score) -> None:
+        self.scores[key] = score
+
+    def mean(self, key: str, values) -> None:
+        self.add(key, mean_score(np.asarray(values, dtype=np.float64), self.resamples, self.seed))
+
+    def distances(self, prefix: str, key: str, generated: np.ndarray, real: np.ndarray) -> None:
+        """``<prefix[0]>.<key>`` Frechet and ``<prefix[1]>.<key>`` kernel distance."""
+        fd, kd = prefix
+        self.add(f"{fd}.{key}", frechet(generated, real, self.resamples, self.seed))
+        self.add(f"{kd}.{key}", kernel_distance(generated, real, self.resamples, self.seed))
+
+    def audio(self, key: str, waveforms, class_ids) -> None:
+        """``fad``/``kad``/``accuracy_audio`` of some audio against the training clips."""
+        blocks = self.sound(np.stack(waveforms))
+        self.distances(("fad", "kad"), key, blocks.mean(axis=1), self.train_audio)
+        self.mean(f"accuracy_audio.{key}", self.judge.hits("audio", clip_features(blocks), class_ids))
+
+    def image_hits(self, log_mels: np.ndarray | torch.Tensor, class_ids) -> np.ndarray:
+        """The image judge at the training geometry on log-mels of any length (rendered there)."""
+        side = self.spec.image_size
+        grey = log_mel_to_grey(torch.as_tensor(np.asarray(log_mels)), self.spec, side, side).numpy()
+        return self.judge.hits(self.judge.head_for(side, side), self.inception(grey), class_ids)
+
+    def values(self) -> dict:
+        return {key: score.value for key, score in sorted(self.scores.items())}
+
+    def intervals(self) -> dict:
+        return {key: score.interval() for key, score in sorted(self.scores.items())}
+
+
+def load_images(folder: Path, files) -> np.ndarray:
+    return np.stack([np.asarray(Image.open(folder / f).convert("L")) for f in files])
+
+
+def read_wav(path: Path, spec: SpectrogramSpec) -> np.ndarray:
+    audio, rate = sf.read(path, dtype="float32", always_2d=True)
+    if rate != spec.sample_rate:
+        raise ModelError(f"{path}: {rate} Hz, but the SpectrogramSpec says {spec.sample_rate} Hz")
+    return audio.mean(axis=1)
+
+
+def score_set(scorer: Scorer, folder: Path, key: str, reference: np.ndarray, head: str,
+              vocoders: dict[str, Vocode], revocode_per_class: int) -> tuple[pd.DataFrame, str | None]:
+    """A sample set's image and audio scores under ``key`` (``<model>.<H>x<W>``)."""
+    prompts = pd.read_csv(folder / "prompts.csv")
+    images = load_images(folder, prompts.file)
+    features = scorer.inception(images)
+    scorer.distances(("fid", "kid"), key, features, reference)
+    hits = scorer.judge.hits(head, features, prompts.class_id)
+    scorer.mean(f"accuracy.{key}", hits)
+    per_class = (prompts.assign(correct=hits).dropna(subset=["correct"])
+                 .groupby(["class_id", "class_name"]).correct.agg(["size", "mean"]).reset_index()
+                 .rename(columns={"size": "samples", "mean": "accuracy"}))
+    voiced = prompts[prompts.wav.notna()] if "wav" in prompts else prompts.iloc[:0]
+    if not len(voiced):
+        return per_class, None
+    written = voiced.vocoder.iloc[0]
+    scorer.audio(key, [read_wav(folder / w, scorer.spec) for w in voiced.wav], voiced.class_id)
+    for suffix in ("fad", "kad", "accuracy_audio"):
+        scorer.add(f"vocoder.{written}.{suffix}.{key}", scorer.scores[f"{suffix}.{key}"])
+    revoiced = voiced.groupby("class_id", sort=False).head(revocode_per_class)
+    for name, vocode in vocoders.items():
+        if name == written or not len(revoiced):
+            continue
+        audio = [image_to_audio(grey, scorer.spec, vocode, seed)
+                 for grey, seed in zip(images[revoiced.index.to_numpy()], revoiced.seed)]
+        blocks = scorer.sound(np.stack(audio))
+        scorer.distances((f"vocoder.{name}.fad", f"vocoder.{name}.kad"), key, blocks.mean(axis=1),
+                         scorer.train_audio)
+        scorer.mean(f"vocoder.{name}.accuracy_audio.{key}",
+                    scorer.judge.hits("audio", clip_features(blocks), revoiced.class_id))
+    return per_class, written
+
+
+def vae_reconstruction(scorer: Scorer, model_dir: Path, real_mels: np.ndarray, class_ids: list[str]) -> None:
+    """The fine-tuned VAE redrawing the real test clips at the training geometry: the error in
+    dB on the native mel, and how often the image judge still hears their class."""
+    spec = scorer.spec
+    vae = AutoencoderKL.from_pretrained(model_dir / "vae", use_safetensors=True).eval()
+    vae.to(compute_device())  # SD's VAE at 512 px: seconds an image on a CPU
+    drawn = reconstruct(vae, log_mel_to_grey(torch.from_numpy(real_mels), spec).numpy())
+    recovered = image_to_log_mel(torch.from_numpy(drawn), spec, n_frames=real_mels.shape[-1])
+    scorer.mean("reconstruction.vae.mae_db", (recovered - torch.from_numpy(real_mels)).abs().mean(dim=(1, 2)))
+    scorer.mean("reconstruction.vae.accuracy", scorer.image_hits(recovered, class_ids))
+
+
+def vocoder_scores(scorer: Scorer, vocoders: dict[str, Vocode], log_mels: np.ndarray, waveforms: torch.Tensor,
+                   class_ids: list[str]) -> dict:
+    """Each vocoder resynthesising the real test clips: mel error in dB, STFT distance to the
+    real audio, what the audio judge hears; returns the real-time factors (timings)."""
+    timings = {}
+    for name, vocode in vocoders.items():
+        run = resynthesis_scores(vocode, torch.from_numpy(log_mels), waveforms, scorer.spec)
+        scorer.mean(f"vocoder.{name}.mel_l1_db", run["mel_l1_db"])
+        scorer.mean(f"vocoder.{name}.mrstft", run["mrstft"])
+        scorer.mean(f"vocoder.{name}.accuracy",
+                    scorer.judge.hits("audio", clip_features(scorer.sound(run["audio"])), class_ids))
+        timings[name] = {"real_time_factor": run["real_time_factor"]}
+    return timings
+
+
+def longform_scores(scorer: Scorer, folder: Path) -> None:
+    """Long out-painted clips: the image judge on each whole window-length stretch, and the
+    spectral flux (mean absolute change between adjacent mel frames, in dB) at the frames where
+    a window's new part begins, over the flux between all other adjacent frames."""
+    spec, rows = scorer.spec, pd.read_csv(folder / "prompts.csv")
+    stretches, classes, at_seams, elsewhere = [], [], [], []
+    for row in rows.itertuples():
+        log_mel = image_to_log_mel(torch.from_numpy(load_images(folder, [row.file])[0]), spec)
+        count = log_mel.shape[-1] // spec.n_frames
+        stretches.append(log_mel[:, :count * spec.n_frames].reshape(spec.n_mels, count, spec.n_frames).transpose(0, 1))
+        classes += [row.class_id] * count
+        flux = (log_mel[:, 1:] - log_mel[:, :-1]).abs().mean(dim=0)
+        seams = torch.tensor([int(frame) - 1 for frame in str(row.seam_frames).split()], dtype=torch.long)
+        inside = torch.ones(len(flux), dtype=torch.bool)
+        inside[seams] = False
+        at_seams.append(flux[seams].double().numpy())
+        elsewhere.append(flux[inside].double().numpy())
+    scorer.mean("longform.accuracy", scorer.image_hits(torch.cat(stretches), classes))
+    scorer.add("longform.seam_ratio", ratio_score(at_seams, elsewhere, scorer.resamples, scorer.seed))
+
+
+INPAINT_REGION = (3.0, 7.0)  # seconds of each test clip drawn again
+INPAINT_EVERY = 3  # every third single-clip test row
+INPAINT_SEED = 2_000_000_011  # added to sample.seed: seeds no sample set uses
+
+
+def inpaint_scores(scorer: Scorer, model_dir: Path, samples: Path, shards: Path, config: SampleParams) -> None:
+    """Every ``INPAINT_EVERY``-th single test clip with ``INPAINT_REGION`` drawn again by the
+    fine-tuned model for the class half the class list away (its caption and guidance scale
+    as the training-geometry samples had them): how often the image judge hears that class in
+    the region (rendered alone at the training geometry), and the mean change in dB outside it."""
+    spec = scorer.spec
+    drawn_set = pd.read_csv(samples / "finetuned" / format_resolution(spec.image_size, spec.image_size) / "prompts.csv")
+    captions = dict(zip(drawn_set.class_id, drawn_set.prompt))
+    classes = sorted(captions)
+    pipe = load_generator(model_dir, config.scheduler)
+    test = read_single_clips("test", ["log_mel", "target"], shards)
+    regions, targets, outside = [], [], []
+    for i in range(0, len(test["target"]), INPAINT_EVERY):
+        if test["target"][i] not in captions:
+            continue
+        other = classes[(classes.index(test["target"][i]) + len(classes) // 2) % len(classes)]
+        log_mel = torch.from_numpy(test["log_mel"][i])
+        mask = region_mask(log_mel.shape[-1], *INPAINT_REGION, None, None, spec)
+        drawn = inpaint_log_mel(pipe, log_mel, mask, captions[other], spec, config.steps,
+                                float(drawn_set.guidance.iloc[0]), config.seed + INPAINT_SEED + i)
+        regions.append(drawn[:, mask.any(axis=0)])
+        targets.append(other)
+        outside.append(float((drawn - log_mel).abs()[~torch.from_numpy(mask)].mean()))
+    side = spec.image_size
+    grey = np.stack([log_mel_to_grey(region[None], spec, side, side).numpy()[0] for region in regions])
+    scorer.mean("inpaint.accuracy", scorer.judge.hits(scorer.judge.head_for(side, side), scorer.inception(grey),
+                                                      targets))
+    scorer.mean("inpaint.outside_mae_db", outside)
+
+
+def evaluate(params: Params, shards: Path = SHARDS_DIR, samples: Path = SAMPLES_DIR, judge_dir: Path = JUDGE_DIR,
+             out_dir: Path = METRICS_DIR, finetuned: Path = FINETUNED_DIR, vocoder_dir: Path = VOCODER_DIR,
+             index: Path = SUBSET_DIR / "index.parquet", raw_dir: Path = RAW_DIR,
+             timings_dir: Path = TIMINGS_DIR) -> dict:
+    config = params.evaluate
+    judge = Judge.load(judge_dir)
+    test = split_waveforms("test", shards, index, raw_dir, mix_domain=None)  # single clips: one class each
+    spec, real_mels, real_classes = test["spec"], test["log_mel"], test["target"]
+    inception = Inception.from_params(config.inception_weights, config.inception_sha256, config.batch_size)
+    if inception.sha256 != judge.record["extractors"]["image"]["sha256"]:
+        raise ModelError("models/judge was made with other Inception weights than evaluate.inception_weights; "
+                         "run `dvc repro fit_judge`")
+    scorer = Scorer(judge, inception, SoundEmbedding(spec.sample_rate), spec, config.bootstrap, config.seed)
+    vocoders = dict(vocoder_for(name, spec, vocoder_dir) for name in VOCODERS)
+    steps = tqdm(total=4 + 2 * len(params.sample.resolutions), desc="evaluate", unit="part", file=sys.stderr)
+    vae_reconstruction(scorer, finetuned, real_mels, real_classes)
+    timings = vocoder_scores(scorer, vocoders, real_mels, test["waveform"], real_classes)
+    scorer.mean("accuracy_audio.real", judge.real_hits("audio", clip_features(judge.features["test.audio"])))
+    scorer.distances(("fad", "kad"), "real", judge.features["test.audio"].mean(axis=1), scorer.train_audio)
+    steps.update(2)
+    per_class, sets, written = [], [], None
+    for resolution in params.sample.resolutions:
+        head = judge.head_for(*parse_resolution(resolution))
+        reference = judge.features[f"test.image.{resolution}"]
+        scorer.mean(f"accuracy.real.{resolution}", judge.real_hits(head, reference))
+        for model in MODELS:
+            folder = samples / model / resolution
+            classes, written = score_set(scorer, folder, f"{model}.{resolution}", reference, head, vocoders,
+                                         config.revocode_per_class)
+            per_class.append(classes.assign(model=model, resolution=resolution))
+            sets.append((model, resolution))
+            grid(folder, f"{model} {resolution}", out_dir / "grids" / f"{model}_{resolution}.png")
+            steps.update(1)
+    longform_scores(scorer, samples / "longform")
+    inpaint_scores(scorer, finetuned, samples, shards, params.sample)
+    training = format_resolution(spec.image_size, spec.image_size)
+    curve = []
+    for folder in sorted((samples / "checkpoints").glob(f"step-*/{training}")):
+        features = inception(load_images(folder, pd.read_csv(folder / "prompts.csv").file))
+        reference = judge.features[f"test.image.{training}"]
+        curve.append({"step": int(folder.parent.name.split("-")[1]),
+                      "fid": frechet(features, reference, 20, config.seed).value,
+                      "kid": kernel_distance(features, reference, 20, config.seed).value})
+    steps.update(2)
+    steps.close()
+    metrics = scorer.values()
+    write_json(out_dir / "metrics.json", metrics)
+    write_json(out_dir / "intervals.json", scorer.intervals())
+    write_json(out_dir / "feature_extractor.json", {
+        **judge.record["extractors"], "judge": judge.record["judge"],
+        "judge_fit": judge.record["heads_fit"], "clips": judge.record["clips"],
+        "intervals": f"percentile bootstrap, 95%, {config.bootstrap} resamples from seed {config.seed}, "
+                     "recentred on the estimate",
+        "references": "FID/KID: the real test clips rendered at the set's geometry; FAD/KAD: the training "
+                      "clips' audio (clip means of the aisfx blocks)"})
+    write_json(timings_dir / "vocoder.json", timings)
+    with atomic_path(out_dir / "table.md") as tmp:
+        tmp.write_text(table(metrics, scorer.intervals(), sets, written or "neural"))
+    with atomic_path(out_dir / "per_class.csv") as tmp:
+        pd.concat(per_class).to_csv(tmp, index=False,
+                                    columns=["model", "resolution", "class_id", "class_name", "samples", "accuracy"])
+    with atomic_path(out_dir / "fid_by_checkpoint.csv") as tmp:
+        pd.DataFrame(curve, columns=["step", "fid", "kid"]).to_csv(tmp, index=False)
+    return metrics
