@@ -57,7 +57,8 @@ class MediaServer:
     ``failures[ytid]`` holds HTTP statuses answered (one a request) before the file is
     served; ``hits[ytid]`` counts GET requests, ``first_request[ytid]`` is when the first
     came (time.monotonic), ``cookies`` collects Cookie headers and ``proxied`` counts
-    requests that came through it as a proxy; ``latency_seconds`` delays every answer.
+    requests that came through it as a proxy; ``latency_seconds`` delays every answer;
+    ``hold_after`` holds answers until ``release``.
     """
 
     def __init__(self, media_dir: Path, latency_seconds: float = 0.0, port: int = 0):
@@ -68,6 +69,9 @@ class MediaServer:
         self.first_request: dict[str, float] = {}
         self.cookies: set[str] = set()
         self.proxied = 0
+        self.allowed: int | None = None  # see hold_after
+        self._released = threading.Event()
+        self._released.set()
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
         self._server.daemon_threads = True
@@ -83,6 +87,20 @@ class MediaServer:
     def __exit__(self, *exc) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+    def hold_after(self, count: int) -> None:
+        """Serve the first ``count`` ytids asked for; hold requests for any other until
+        :meth:`release`, so that a test can stop a run in a known state, not a race."""
+        self.allowed = count
+        self._released.clear()
+
+    def release(self) -> None:
+        self._released.set()
+
+    def _held(self, ytid: str) -> bool:
+        with self._lock:
+            self.first_request.setdefault(ytid, time.monotonic())
+            return self.allowed is not None and ytid not in list(self.first_request)[:self.allowed]
 
     def _answer(self, ytid: str, count: bool) -> tuple[int, Path | None]:
         with self._lock:
@@ -111,6 +129,8 @@ class MediaServer:
                     server.cookies.update(filter(None, [self.headers.get("Cookie")]))
                     server.proxied += self.path.startswith("http")  # absolute URI: via a proxy
                 match = re.fullmatch(r"/v/([A-Za-z0-9_-]+)", urlsplit(self.path).path)
+                if match and server._held(match[1]):
+                    server._released.wait(timeout=300)
                 status, path = server._answer(match[1], count=body) if match else (404, None)
                 if path is None:
                     self.send_error(status)
