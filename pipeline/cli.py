@@ -28,6 +28,13 @@ INPAINT_EXAMPLES = """examples:
 """
 
 
+# Longer clips are drawn window by window, but decoded and vocoded as one spectrogram: past
+# these the image alone outgrows a 24 GB machine. Refused with one line instead.
+MAX_GENERATE_SECONDS = 600.0
+MAX_INPAINT_SECONDS = 120.0
+MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes 64 bits
+
+
 def resolve_prompt(text: str, template: str) -> str:
     """Text that mentions a spectrogram is a prompt as the model was trained on; anything
     else must name an AudioSet class (display name or id), which becomes that caption."""
@@ -65,11 +72,33 @@ def guidance_scale(args, model: Path, settings) -> tuple[float, str]:
     if args.guidance is not None:
         return args.guidance, "--guidance"
     chosen_file = Path(args.guidance_file)
-    chosen = json.loads(chosen_file.read_text()) if chosen_file.is_file() else {}
-    for name, directory in MODELS.items():
-        if name in chosen and model.resolve() == directory.resolve():
-            return float(chosen[name]["guidance_scale"]), f"chosen on the validation clips, {chosen_file}"
+    try:
+        chosen = json.loads(chosen_file.read_text()) if chosen_file.is_file() else {}
+        for name, directory in MODELS.items():
+            if name in chosen and model.resolve() == directory.resolve():
+                scale = float(chosen[name]["guidance_scale"])
+                if not (math.isfinite(scale) and scale >= 1):
+                    raise ValueError(f"guidance_scale {scale} is not a finite number >= 1")
+                return scale, f"chosen on the validation clips, {chosen_file}"
+    except (ValueError, TypeError, KeyError, AttributeError) as error:
+        raise PipelineError(f"--guidance-file {chosen_file}: not the sample stage's record ({error}); "
+                            "rerun `dvc repro sample`, or pass --guidance") from None
     return settings.sample.guidance_scales[0], "sample.guidance_scale"
+
+
+def check_writable(out: Path) -> None:
+    """Before minutes of diffusion: ``out`` (and the PNG beside it) can be written."""
+    for path in (out, out.with_suffix(".png")):
+        if path.is_dir():
+            raise PipelineError(f"--out {out}: {path} is a directory")
+        existed = path.exists()
+        try:
+            with open(path, "ab"):
+                pass
+        except OSError as error:
+            raise PipelineError(f"--out {out}: cannot write {path} ({error.strerror or error})") from None
+        if not existed:
+            path.unlink()
 
 
 def load_model(args, model: Path, spec):
@@ -83,10 +112,12 @@ def load_model(args, model: Path, spec):
 
 def generate(args) -> None:
     from pipeline.audio.spectrogram import width_for_seconds
-    from pipeline.errors import PipelineError
     from pipeline.models.generate import generate_images, image_to_audio, save_png, save_wav
     from pipeline.models.inpaint import decode, long_latents
 
+    if args.width is not None and args.prompt_at:
+        raise PipelineError("--prompt-at out-paints, so it needs --seconds, not --width (one window)")
+    check_writable(Path(args.out))
     model, settings, spec = model_settings(args)
     template = settings.subset.caption_template
     prompt = resolve_prompt(args.text, template)
@@ -125,20 +156,33 @@ CROSSFADE_SECONDS = 0.01
 
 def inpaint(args) -> None:
     import numpy as np
+    import soundfile as sf
     import torch
 
     from pipeline.audio.spectrogram import log_mel_to_grey, waveform_to_log_mel
-    from pipeline.errors import PipelineError
     from pipeline.models.generate import save_png, save_wav
     from pipeline.models.inpaint import inpaint_log_mel, region_mask
     from pipeline.sources.clips import ClipRejected, ClipRules
     from pipeline.sources.local import read_recording
 
+    source, out = Path(args.input), Path(args.out)
+    if source.is_dir():
+        raise PipelineError(f"{source} is a directory; give one audio file")
+    if source.exists() and out.exists() and out.resolve() == source.resolve():
+        raise PipelineError(f"--out {out} is the input; write the result to another file")
+    try:
+        seconds = sf.info(source).duration if source.is_file() else 0.0
+    except (sf.LibsndfileError, RuntimeError):
+        seconds = 0.0  # read_recording below says what is wrong with it
+    if seconds > MAX_INPAINT_SECONDS:
+        raise PipelineError(f"{source}: {seconds:.0f} s is longer than the {MAX_INPAINT_SECONDS:g} s inpaint takes "
+                            "at once; cut the part around the region out first")
+    check_writable(out)
     model, settings, spec = model_settings(args)
     prompt = resolve_prompt(args.text, settings.subset.caption_template)
     rules = ClipRules(spec.sample_rate, spec.clip_seconds, "pad", "split", -math.inf)
     try:
-        original = read_recording(Path(args.input), rules)
+        original = read_recording(source, rules)
     except ClipRejected as error:
         raise PipelineError(f"{args.input}: {error}") from None
     if len(original) < spec.hop_length:
@@ -182,7 +226,7 @@ def _prompt_at(text: str) -> tuple[float, str]:
     return at, prompt.strip()
 
 
-def _whole_number(minimum: int):
+def _whole_number(minimum: int, maximum: int | None = None):
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -190,11 +234,13 @@ def _whole_number(minimum: int):
             raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
         if value < minimum:
             raise argparse.ArgumentTypeError(f"{value} is below {minimum}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"{value} is above {maximum}")
         return value
     return parse
 
 
-def _finite_number(minimum: float, inclusive: bool = True):
+def _finite_number(minimum: float, inclusive: bool = True, maximum: float = math.inf):
     def parse(text: str) -> float:
         try:
             value = float(text)
@@ -203,6 +249,8 @@ def _finite_number(minimum: float, inclusive: bool = True):
         if not math.isfinite(value) or value < minimum or (value == minimum and not inclusive):
             bound = f">= {minimum:g}" if inclusive else f"> {minimum:g}"
             raise argparse.ArgumentTypeError(f"{text} must be a finite number {bound}")
+        if value > maximum:
+            raise argparse.ArgumentTypeError(f"{text} is above {maximum:g}")
         return value
     return parse
 
@@ -229,7 +277,7 @@ def model_options(command) -> None:
                               "stage chose for this model on the validation clips (--guidance-file)")
     command.add_argument("--guidance-file", default="metrics/guidance.json",
                          help="the scales the sample stage chose, per model")
-    command.add_argument("--seed", type=int, default=0)
+    command.add_argument("--seed", type=_whole_number(0, MAX_SEED), default=0)
     command.add_argument("--scheduler", default="dpm++", choices=params.SCHEDULER_NAMES)
     command.add_argument("--vocoder", default="auto", choices=params.VOCODER_CHOICES,
                          help="auto: whichever did better on the validation clips when models/vocoder was trained")
@@ -252,8 +300,9 @@ def main(argv: list[str] | None = None) -> int:
                                epilog=GENERATE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     make.add_argument("text", help="an AudioSet class name or id, or a full spectrogram prompt")
     length = make.add_mutually_exclusive_group()
-    length.add_argument("--seconds", type=_finite_number(0.0, inclusive=False), default=10.0,
-                        help="audio length; beyond one window (clip_seconds) the clip is out-painted window by window")
+    length.add_argument("--seconds", type=_finite_number(0.0, inclusive=False, maximum=MAX_GENERATE_SECONDS),
+                        default=10.0, help="audio length, at most 600; beyond one window (clip_seconds) the clip "
+                                           "is out-painted window by window")
     length.add_argument("--width", type=_pixels, help="image width in pixels (multiple of 8): one window")
     make.add_argument("--height", type=_pixels, help="image height (multiple of 8; default: training size)")
     make.add_argument("--overlap", type=_finite_number(0.0, inclusive=False), default=2.5,
@@ -266,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
 
     redraw = commands.add_parser("inpaint", help="redraw a time region and/or frequency band of a clip",
                                  epilog=INPAINT_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    redraw.add_argument("input", help="an audio file: any sample rate, mono or stereo")
+    redraw.add_argument("input", help="an audio file of at most 120 s: any sample rate, mono or stereo")
     redraw.add_argument("text", help="what to draw there: an AudioSet class name or id, or a full prompt")
     redraw.add_argument("--start", type=_finite_number(0.0), required=True, help="region start (seconds)")
     redraw.add_argument("--end", type=_finite_number(0.0), required=True, help="region end (seconds)")

@@ -143,3 +143,52 @@ def test_inpaint_of_an_unreadable_file_is_one_line(tmp_path, fast, capsys):
     assert run_cli("inpaint", str(tmp_path / "in.wav"), "Rain", "--start", "0", "--end", "1",
                    "--out", str(tmp_path / "o.wav"), *fast) == 2
     assert "soundfile cannot read it" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--seconds", "1e6"], "argument --seconds: 1e6 is above 600"),
+    (["--seconds", "3600"], "argument --seconds: 3600 is above 600"),
+    (["--seed", str(2**70)], f"argument --seed: {2**70} is above {2**63 - 1}"),
+    (["--seed", "-1"], "argument --seed: -1 is below 0"),
+    (["--width", "400", "--prompt-at", "5:Church bell"], "--prompt-at out-paints, so it needs --seconds"),
+    (["--out", "/proc/specldm.wav"], "--out /proc/specldm.wav: cannot write /proc/specldm.wav"),
+])
+def test_generate_refuses_what_would_fail_late(tmp_path, fast, capsys, argv, message):
+    """Each used to run minutes of diffusion first, or ran out of memory, or was ignored."""
+    out = [] if "--out" in argv else ["--out", str(tmp_path / "o.wav")]
+    assert run_cli("generate", "Rain", *argv, *out, *fast) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_generate_refuses_a_directory_as_out(tmp_path, fast, capsys):
+    (tmp_path / "taken.wav").mkdir()
+    assert run_cli("generate", "Rain", "--out", str(tmp_path / "taken.wav"), *fast) == 2
+    assert f"{tmp_path / 'taken.wav'} is a directory" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("record", ["{not json", '{"finetuned": {"guidance_scale": NaN}}',
+                                    '{"finetuned": {"guidance_scale": "x"}}', '{"finetuned": 3}', "[1, 2]"])
+def test_a_broken_guidance_file_is_one_line(tmp_path, tiny_models, capsys, monkeypatch, record):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "finetuned").symlink_to(tiny_models["finetuned"])
+    (tmp_path / "guidance.json").write_text(record)
+    assert run_cli("generate", "Rain", "--guidance-file", "guidance.json", "--steps", "1") == 2
+    err = capsys.readouterr().err
+    assert "--guidance-file guidance.json: not the sample stage's record" in err and "Traceback" not in err
+
+
+def test_inpaint_refuses_its_input_as_out_a_directory_and_an_hour(tmp_path, fast, capsys):
+    tone(tmp_path / "in.wav")
+    before = (tmp_path / "in.wav").read_bytes()
+    region = ["--start", "1", "--end", "2"]
+    assert run_cli("inpaint", str(tmp_path / "in.wav"), "Rain", *region, "--out", str(tmp_path / "in.wav"), *fast) == 2
+    assert "is the input; write the result to another file" in capsys.readouterr().err
+    assert (tmp_path / "in.wav").read_bytes() == before
+    assert run_cli("inpaint", str(tmp_path), "Rain", *region, "--out", str(tmp_path / "o.wav"), *fast) == 2
+    assert f"{tmp_path} is a directory; give one audio file" in capsys.readouterr().err
+    sf.write(tmp_path / "hour.wav", np.zeros(3600 * 8000, dtype=np.int16), 8000, subtype="PCM_16")
+    assert run_cli("inpaint", str(tmp_path / "hour.wav"), "Rain", *region, "--out", str(tmp_path / "o.wav"),
+                   *fast) == 2
+    assert "3600 s is longer than the 120 s inpaint takes at once" in capsys.readouterr().err
