@@ -18,6 +18,7 @@ VOCODER_DIR = Path("models/vocoder")
 VOCODER_CHECKPOINT_DIR = Path("models/vocoder_checkpoints")
 MODELS = {"pretrained": PRETRAINED_DIR, "finetuned": FINETUNED_DIR}  # what sample and evaluate compare
 SAMPLES_DIR = Path("data/samples")
+INPAINTED = "inpainted.safetensors"  # in SAMPLES_DIR/inpaint: redrawn test clips and masks, in dB
 METRICS_DIR = Path("metrics")
 # How long stages took. Apart from the tracked metrics, and git-ignored: timings differ
 # on every run, and reproducing must leave the repository as it was.

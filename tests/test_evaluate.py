@@ -8,6 +8,7 @@ import pytest
 import soundfile as sf
 import torch
 from PIL import Image
+from safetensors.torch import load_file
 
 from pipeline import cli
 from pipeline.evaluation.extractors import AISFX, INCEPTION
@@ -54,6 +55,12 @@ def test_sample_writes_pngs_wavs_and_prompts(evaluated):
             assert info.samplerate == 16_000 and info.channels == 1
     checkpoints = sorted(p.name for p in (root / "samples" / "checkpoints").iterdir())
     assert checkpoints == ["step-000002", "step-000004", "step-000006"]
+    inpainted = pd.read_csv(root / "samples" / "inpaint" / "prompts.csv")
+    tensors = load_file(root / "samples" / "inpaint" / "inpainted.safetensors")
+    assert len(inpainted) == len(tensors["log_mel"]) == len(tensors["mask"]) > 0
+    assert (inpainted.class_id != inpainted.source_class_id).all()  # drawn for another class
+    longform = pd.read_csv(root / "samples" / "longform" / "prompts.csv")
+    assert not set(inpainted.seed) & set(longform.seed)  # no two sets start from the same noise
 
 
 def test_the_guidance_scale_is_chosen_on_the_validation_split(evaluated, tmp_path, tiny_shards, tiny_models):
@@ -66,9 +73,11 @@ def test_the_guidance_scale_is_chosen_on_the_validation_split(evaluated, tmp_pat
         chosen = guidance[model]["guidance_scale"]
         assert candidates[str(chosen)]["fd_val"] == min(c["fd_val"] for c in candidates.values())
         assert set(pd.read_csv(root / "samples" / model / "64x64" / "prompts.csv").guidance) == {chosen}
-    # the test split plays no part: without it the stage chooses the same
+    # the test split plays no part: with other clips in it (the validation ones) the stage
+    # chooses the same (it in-paints test clips, so it needs a test split, not its content)
     shards, _ = tiny_shards
     shutil.copytree(shards, tmp_path / "shards", ignore=shutil.ignore_patterns("test"))
+    shutil.copytree(shards / "val", tmp_path / "shards" / "test")
     models = {"pretrained": tiny_models["pretrained"], "finetuned": tiny_models["finetuned"]}
     params = dataclasses.replace(params, sample=dataclasses.replace(params.sample, resolutions=("64x64",),
                                                                      checkpoint_per_class=0))

@@ -1,11 +1,11 @@
 """The real clips as the scores read them, and the judge fitted on them: ``models/judge/``.
 
 ``fit_judge`` computes, once per dataset, every feature of a real clip a score needs: the
-Inception features of the test clips rendered at each sampled geometry (FID/KID references),
-the aisfx blocks of the test and training audio (FAD references and floor), and fits a
-:class:`~pipeline.evaluation.judge.LinearJudge` per domain on the training split: one per
-geometry on Inception features (``image.<H>x<W>``) and one on the aisfx clip features
-(``audio``). Saved as safetensors plus JSON: loading runs no code.
+Inception features of the test clips rendered at each sampled geometry and at the training one
+(FID/KID references), the aisfx blocks of the test and training audio (FAD references and
+floor); and it fits a :class:`~pipeline.evaluation.judge.LinearJudge` per domain on the
+training split: one per geometry on Inception features (``image.<H>x<W>``) and one on the aisfx
+clip features (``audio``). Saved as safetensors plus JSON: loading runs no code.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from pipeline.errors import ModelError
 from pipeline.evaluation.extractors import Inception, SoundEmbedding, clip_features
 from pipeline.evaluation.judge import LinearJudge, fit_on_validation
 from pipeline.files import atomic_path, write_json
-from pipeline.params import parse_resolution
+from pipeline.params import format_resolution, parse_resolution
 
 TENSORS = "judge.safetensors"
 CONFIG = "judge.json"
@@ -95,6 +95,8 @@ def fit_judge(shards: Path, index: Path, raw_dir: Path, resolutions: list[str], 
     splits = {split: split_waveforms(split, shards, index, raw_dir, mix_domain=None)  # single clips: one class each
               for split in ("train", "val", "test")}
     spec: SpectrogramSpec = splits["train"]["spec"]
+    # the training geometry always: VAE reconstructions, long and in-painted clips are read there
+    resolutions = list(dict.fromkeys([format_resolution(spec.image_size, spec.image_size), *resolutions]))
     train_rows = read_single_clips("train", ["target", "target_name"], shards)
     names = dict(zip(train_rows["target"], train_rows["target_name"]))
     class_ids = sorted(set(splits["train"]["target"]))

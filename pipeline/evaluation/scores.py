@@ -9,11 +9,11 @@ computed from Gram matrices, so a resample costs O(n^2) rather than a 2048-d cov
   ``S_a S_b``. The same number as clean-fid's ``frechet_distance`` (``scipy.linalg.sqrtm``),
   without its 2048 x 2048 square root. FD is biased upwards at small n: compare FIDs of sets of
   one size only, and read KID where sizes differ.
-Intervals are percentile intervals recentred on the estimate (see :func:`_score`).
-
 * KID: the unbiased MMD^2 with clean-fid's cubic kernel ``(x.y / d + 1)^3`` over all pairs at
   once: what clean-fid's 100 random subsets estimate, without their draw. In a bootstrap
   resample an item drawn twice pairs with itself, which biases the resampled values slightly.
+
+Intervals are percentile intervals recentred on the estimate (see :func:`_score`).
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ import soundfile as sf
 import torch
 from diffusers import AutoencoderKL
 from PIL import Image
+from safetensors.torch import load_file
 from tqdm import tqdm
 
 from pipeline.audio.shards import read_single_clips
@@ -24,12 +25,12 @@ from pipeline.evaluation.table import grid, table
 from pipeline.files import atomic_path, write_json
 from pipeline.models import compute_device
 from pipeline.models.diffusion import reconstruct
-from pipeline.models.generate import image_to_audio, load_generator
-from pipeline.models.inpaint import inpaint_log_mel, region_mask
+from pipeline.models.generate import image_to_audio
 from pipeline.models.vocoder import VOCODERS, Vocode, resynthesis_scores, vocoder_for
-from pipeline.params import Params, SampleParams, format_resolution, parse_resolution
+from pipeline.params import Params, format_resolution, parse_resolution
 from pipeline.paths import (
     FINETUNED_DIR,
+    INPAINTED,
     JUDGE_DIR,
     METRICS_DIR,
     MODELS,
@@ -175,38 +176,23 @@ def longform_scores(scorer: Scorer, folder: Path) -> None:
     scorer.add("longform.seam_ratio", ratio_score(at_seams, elsewhere, scorer.resamples, scorer.seed))
 
 
-INPAINT_REGION = (3.0, 7.0)  # seconds of each test clip drawn again
-INPAINT_EVERY = 3  # every third single-clip test row
-INPAINT_SEED = 2_000_000_011  # added to sample.seed: seeds no sample set uses
-
-
-def inpaint_scores(scorer: Scorer, model_dir: Path, samples: Path, shards: Path, config: SampleParams) -> None:
-    """Every ``INPAINT_EVERY``-th single test clip with ``INPAINT_REGION`` drawn again by the
-    fine-tuned model for the class half the class list away (its caption and guidance scale
-    as the training-geometry samples had them): how often the image judge hears that class in
-    the region (rendered alone at the training geometry), and the mean change in dB outside it."""
-    spec = scorer.spec
-    drawn_set = pd.read_csv(samples / "finetuned" / format_resolution(spec.image_size, spec.image_size) / "prompts.csv")
-    captions = dict(zip(drawn_set.class_id, drawn_set.prompt))
-    classes = sorted(captions)
-    pipe = load_generator(model_dir, config.scheduler)
-    test = read_single_clips("test", ["log_mel", "target"], shards)
-    regions, targets, outside = [], [], []
-    for i in range(0, len(test["target"]), INPAINT_EVERY):
-        if test["target"][i] not in captions:
-            continue
-        other = classes[(classes.index(test["target"][i]) + len(classes) // 2) % len(classes)]
-        log_mel = torch.from_numpy(test["log_mel"][i])
-        mask = region_mask(log_mel.shape[-1], *INPAINT_REGION, None, None, spec)
-        drawn = inpaint_log_mel(pipe, log_mel, mask, captions[other], spec, config.steps,
-                                float(drawn_set.guidance.iloc[0]), config.seed + INPAINT_SEED + i)
-        regions.append(drawn[:, mask.any(axis=0)])
-        targets.append(other)
-        outside.append(float((drawn - log_mel).abs()[~torch.from_numpy(mask)].mean()))
-    side = spec.image_size
-    grey = np.stack([log_mel_to_grey(region[None], spec, side, side).numpy()[0] for region in regions])
-    scorer.mean("inpaint.accuracy", scorer.judge.hits(scorer.judge.head_for(side, side), scorer.inception(grey),
-                                                      targets))
+def inpaint_scores(scorer: Scorer, folder: Path, shards: Path) -> None:
+    """The test clips ``sample`` redrew in part for another class: how often the image judge
+    hears that class in the region (rendered alone at the training geometry), and the mean
+    change in dB outside it (0 when, as here, the result is composited on the input)."""
+    rows = pd.read_csv(folder / "prompts.csv")
+    if not len(rows):
+        raise ModelError(f"{folder}: no in-painted test clips; run `dvc repro sample`")
+    drawn = load_file(str(folder / INPAINTED))
+    test = read_single_clips("test", ["id", "log_mel"], shards)
+    originals = dict(zip(test["id"], test["log_mel"]))
+    side, regions, outside = scorer.spec.image_size, [], []
+    for k, row in enumerate(rows.itertuples()):
+        log_mel, mask = drawn["log_mel"][k], drawn["mask"][k].bool()
+        regions.append(log_mel_to_grey(log_mel[:, mask.any(dim=0)], scorer.spec, side, side).numpy())
+        outside.append(float((log_mel - torch.from_numpy(originals[row.test_id])).abs()[~mask].mean()))
+    features = scorer.inception(np.stack(regions))
+    scorer.mean("inpaint.accuracy", scorer.judge.hits(scorer.judge.head_for(side, side), features, rows.class_id))
     scorer.mean("inpaint.outside_mae_db", outside)
 
 
@@ -244,7 +230,7 @@ def evaluate(params: Params, shards: Path = SHARDS_DIR, samples: Path = SAMPLES_
             grid(folder, f"{model} {resolution}", out_dir / "grids" / f"{model}_{resolution}.png")
             steps.update(1)
     longform_scores(scorer, samples / "longform")
-    inpaint_scores(scorer, finetuned, samples, shards, params.sample)
+    inpaint_scores(scorer, samples / "inpaint", shards)
     training = format_resolution(spec.image_size, spec.image_size)
     curve = []
     for folder in sorted((samples / "checkpoints").glob(f"step-*/{training}")):

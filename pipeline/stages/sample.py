@@ -10,8 +10,8 @@ checkpoint also gets a small set at the training geometry, in
 
 The fine-tuned model also draws long clips, out-painted window by window
 (``data/samples/longform/``: one per class, 60 s each; the first is copied to
-``metrics/longform.png``, a DVC image plot). The test split plays no part here: in-painting
-test clips is ``evaluate``'s.
+``metrics/longform.png``, a DVC image plot), and redraws 3-7 s of every third test clip for
+another class (``data/samples/inpaint/``): the test clips are its canvas, never a guide.
 
 When ``sample.guidance_scale`` lists candidates, each model first draws a small set at
 the training geometry with each, from seeds no reported set uses, and keeps the scale
@@ -32,19 +32,30 @@ import numpy as np
 import pandas as pd
 import torch
 from diffusers import UNet2DConditionModel
+from safetensors.torch import save_file
 from tqdm import tqdm
 
 from pipeline import params as params_module
 from pipeline.audio.shards import read_single_clips, read_spec, read_split, shard_files
+from pipeline.audio.spectrogram import log_mel_to_grey
 from pipeline.errors import stage_main
 from pipeline.files import atomic_path, write_json
 from pipeline.models.checkpoints import checkpoints
 from pipeline.models.evaluator import Evaluator, accuracy, as_clips, frechet_distance
 from pipeline.models.generate import generate_images, image_to_audio, load_generator, save_png, save_wav
-from pipeline.models.inpaint import LATENT_SCALE, decode, long_latents, plan_windows
+from pipeline.models.inpaint import LATENT_SCALE, decode, inpaint_log_mel, long_latents, plan_windows, region_mask
 from pipeline.models.vocoder import Vocode, vocoder_for
 from pipeline.params import Params, SampleParams, format_resolution, parse_resolution
-from pipeline.paths import CHECKPOINT_DIR, EVALUATOR_DIR, METRICS_DIR, MODELS, SAMPLES_DIR, SHARDS_DIR, VOCODER_DIR
+from pipeline.paths import (
+    CHECKPOINT_DIR,
+    EVALUATOR_DIR,
+    INPAINTED,
+    METRICS_DIR,
+    MODELS,
+    SAMPLES_DIR,
+    SHARDS_DIR,
+    VOCODER_DIR,
+)
 
 
 def slug(name: str) -> str:
@@ -92,6 +103,46 @@ def choose_guidance(pipe, prompts: list[dict], config: SampleParams, spec, evalu
         progress.update(len(rows))
     chosen = min(config.guidance_scales, key=lambda scale: scores[str(scale)]["fd_val"])
     return chosen, scores
+
+
+INPAINT_REGION = (3.0, 7.0)  # seconds of each test clip drawn again
+INPAINT_EVERY = 3  # every third single-clip test row
+INPAINT_SEED = 3_000_000_019  # added to sample.seed: seeds no other set uses (long clips: EXTRA_SEED)
+
+
+def inpaint_set(pipe, prompts: list[dict], config: SampleParams, guidance: float, spec, shards: Path,
+                out_dir: Path) -> None:
+    """Every ``INPAINT_EVERY``-th single test clip with ``INPAINT_REGION`` drawn again by the
+    fine-tuned model for the class half the class list away: ``data/samples/inpaint/`` holds
+    the redrawn log-mels and their masks (safetensors, in dB: evaluate measures the change
+    outside the region exactly), a PNG of each and ``prompts.csv``. The test clips are read
+    only as the canvas; nothing here is scored."""
+    test = read_single_clips("test", ["id", "log_mel", "target"], shards)
+    captions = {p["class_id"]: p for p in prompts}
+    classes = sorted(captions)
+    rows, drawn, masks = [], [], []
+    for i in tqdm(range(0, len(test["target"]), INPAINT_EVERY), desc="in-painting test clips", unit="clip",
+                  file=sys.stderr):
+        if test["target"][i] not in captions:
+            continue
+        other = captions[classes[(classes.index(test["target"][i]) + len(classes) // 2) % len(classes)]]
+        log_mel = torch.from_numpy(test["log_mel"][i])
+        mask = region_mask(log_mel.shape[-1], *INPAINT_REGION, None, None, spec)
+        seed = config.seed + INPAINT_SEED + i
+        drawn.append(inpaint_log_mel(pipe, log_mel, mask, other["prompt"], spec, config.steps, guidance, seed))
+        masks.append(torch.from_numpy(mask.astype(np.uint8)))
+        rows.append({"file": f"{len(rows):04d}-{slug(other['class_name'])}.png", "test_id": test["id"][i],
+                     "source_class_id": test["target"][i], "class_id": other["class_id"],
+                     "class_name": other["class_name"], "prompt": other["prompt"], "seed": seed,
+                     "guidance": guidance})
+    out_dir.mkdir(parents=True)
+    for row, log_mel in zip(rows, drawn):
+        save_png(out_dir / row["file"], log_mel_to_grey(log_mel, spec).numpy())
+    if rows:
+        save_file({"log_mel": torch.stack(drawn).contiguous(), "mask": torch.stack(masks).contiguous()},
+                  str(out_dir / INPAINTED))
+    pd.DataFrame(rows, columns=["file", "test_id", "source_class_id", "class_id", "class_name", "prompt", "seed",
+                                "guidance"]).to_csv(out_dir / "prompts.csv", index=False)
 
 
 LONGFORM_PLOT = METRICS_DIR / "longform.png"
@@ -174,6 +225,7 @@ def sample(params: Params, shards: Path = SHARDS_DIR, out_dir: Path = SAMPLES_DI
                        progress)
     pipe = load_generator(models["finetuned"], config.scheduler)
     longform_set(pipe, prompts, config, guidance["finetuned"]["guidance_scale"], spec, out_dir / "longform", plot_file)
+    inpaint_set(pipe, prompts, config, guidance["finetuned"]["guidance_scale"], spec, shards, out_dir / "inpaint")
     if kept:
         for checkpoint in kept:
             pipe.unet = UNet2DConditionModel.from_pretrained(checkpoint / "unet", use_safetensors=True).to(
