@@ -65,11 +65,12 @@ class Scorer:
         self.add(f"{fd}.{key}", frechet(generated, real, self.resamples, self.seed))
         self.add(f"{kd}.{key}", kernel_distance(generated, real, self.resamples, self.seed))
 
-    def audio(self, key: str, waveforms, class_ids) -> None:
-        """``fad``/``kad``/``accuracy_audio`` of some audio against the training clips."""
+    def audio(self, prefix: str, key: str, waveforms, class_ids) -> None:
+        """``<prefix>fad``, ``kad`` and ``accuracy_audio`` ``.<key>`` of some audio: distances to
+        the training clips' audio, and how often the audio judge hears the prompted class."""
         blocks = self.sound(np.stack(waveforms))
-        self.distances(("fad", "kad"), key, blocks.mean(axis=1), self.train_audio)
-        self.mean(f"accuracy_audio.{key}", self.judge.hits("audio", clip_features(blocks), class_ids))
+        self.distances((f"{prefix}fad", f"{prefix}kad"), key, blocks.mean(axis=1), self.train_audio)
+        self.mean(f"{prefix}accuracy_audio.{key}", self.judge.hits("audio", clip_features(blocks), class_ids))
 
     def image_hits(self, log_mels: np.ndarray | torch.Tensor, class_ids) -> np.ndarray:
         """The image judge at the training geometry on log-mels of any length (rendered there)."""
@@ -111,20 +112,15 @@ def score_set(scorer: Scorer, folder: Path, key: str, reference: np.ndarray, hea
     if not len(voiced):
         return per_class, None
     written = voiced.vocoder.iloc[0]
-    scorer.audio(key, [read_wav(folder / w, scorer.spec) for w in voiced.wav], voiced.class_id)
-    for suffix in ("fad", "kad", "accuracy_audio"):
+    scorer.audio("", key, [read_wav(folder / w, scorer.spec) for w in voiced.wav], voiced.class_id)
+    for suffix in ("fad", "kad", "accuracy_audio"):  # the WAVs are one vocoder's: its scores too
         scorer.add(f"vocoder.{written}.{suffix}.{key}", scorer.scores[f"{suffix}.{key}"])
     revoiced = voiced.groupby("class_id", sort=False).head(revocode_per_class)
     for name, vocode in vocoders.items():
-        if name == written or not len(revoiced):
-            continue
-        audio = [image_to_audio(grey, scorer.spec, vocode, seed)
-                 for grey, seed in zip(images[revoiced.index.to_numpy()], revoiced.seed)]
-        blocks = scorer.sound(np.stack(audio))
-        scorer.distances((f"vocoder.{name}.fad", f"vocoder.{name}.kad"), key, blocks.mean(axis=1),
-                         scorer.train_audio)
-        scorer.mean(f"vocoder.{name}.accuracy_audio.{key}",
-                    scorer.judge.hits("audio", clip_features(blocks), revoiced.class_id))
+        if name != written and len(revoiced):
+            scorer.audio(f"vocoder.{name}.", key, [image_to_audio(grey, scorer.spec, vocode, seed) for grey, seed
+                                                   in zip(images[revoiced.index.to_numpy()], revoiced.seed)],
+                         revoiced.class_id)
     return per_class, written
 
 
@@ -186,13 +182,12 @@ def inpaint_scores(scorer: Scorer, folder: Path, shards: Path) -> None:
     drawn = load_file(str(folder / INPAINTED))
     test = read_single_clips("test", ["id", "log_mel"], shards)
     originals = dict(zip(test["id"], test["log_mel"]))
-    side, regions, outside = scorer.spec.image_size, [], []
+    regions, outside = [], []
     for k, row in enumerate(rows.itertuples()):
         log_mel, mask = drawn["log_mel"][k], drawn["mask"][k].bool()
-        regions.append(log_mel_to_grey(log_mel[:, mask.any(dim=0)], scorer.spec, side, side).numpy())
+        regions.append(log_mel[:, mask.any(dim=0)])  # the same region of clips of one length
         outside.append(float((log_mel - torch.from_numpy(originals[row.test_id])).abs()[~mask].mean()))
-    features = scorer.inception(np.stack(regions))
-    scorer.mean("inpaint.accuracy", scorer.judge.hits(scorer.judge.head_for(side, side), features, rows.class_id))
+    scorer.mean("inpaint.accuracy", scorer.image_hits(torch.stack(regions), rows.class_id))
     scorer.mean("inpaint.outside_mae_db", outside)
 
 
@@ -232,13 +227,12 @@ def evaluate(params: Params, shards: Path = SHARDS_DIR, samples: Path = SAMPLES_
     longform_scores(scorer, samples / "longform")
     inpaint_scores(scorer, samples / "inpaint", shards)
     training = format_resolution(spec.image_size, spec.image_size)
-    curve = []
+    curve, reference = [], judge.features[f"test.image.{training}"]
     for folder in sorted((samples / "checkpoints").glob(f"step-*/{training}")):
         features = inception(load_images(folder, pd.read_csv(folder / "prompts.csv").file))
-        reference = judge.features[f"test.image.{training}"]
-        curve.append({"step": int(folder.parent.name.split("-")[1]),
-                      "fid": frechet(features, reference, 20, config.seed).value,
-                      "kid": kernel_distance(features, reference, 20, config.seed).value})
+        curve.append({"step": int(folder.parent.name.split("-")[1]),  # a plot: values, no intervals
+                      "fid": frechet(features, reference, 0, config.seed).value,
+                      "kid": kernel_distance(features, reference, 0, config.seed).value})
     steps.update(2)
     steps.close()
     metrics = scorer.values()
