@@ -34,6 +34,11 @@ def recordings(tmp_path):
     sf.write(folder / "quiet.wav", tone(10, 16_000, level=1e-5), 16_000)
     sf.write(folder / "surround.wav", tone(10, 16_000, channels=6), 16_000)
     (folder / "empty.wav").write_bytes(b"")
+    (folder / "loop.wav").symlink_to(folder / "loop.wav")
+    sf.write(folder / "huge rate.wav", tone(1, 16_000), 16_000, subtype="PCM_16")
+    header = bytearray((folder / "huge rate.wav").read_bytes())
+    header[24:28] = (2**31 - 1).to_bytes(4, "little")  # the WAV header's sample rate
+    (folder / "huge rate.wav").write_bytes(bytes(header))
     (folder / "corrupt.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk" * 10)
     one_nan = tone(10, 16_000)
     one_nan[5000] = np.nan
@@ -48,6 +53,8 @@ def recordings(tmp_path):
         f"quiet.wav,{DIAL}\n"
         f"surround.wav,{DIAL}\n"
         f"empty.wav,{DIAL}\n"
+        f"loop.wav,{DIAL}\n"
+        f"huge rate.wav,{DIAL}\n"
         f"corrupt.wav,{DIAL}\n"
         f"nan.wav,{DIAL}\n"
         f"inf.wav,{DIAL}\n"
@@ -77,7 +84,9 @@ def test_recordings_become_clips_and_bad_files_are_recorded(tmp_path, recordings
                         "empty.wav": ("failed", "empty"), "corrupt.wav": ("failed", "corrupt"),
                         "gone.wav": ("failed", "missing"), "nan.wav": ("failed", "non_finite"),
                         "inf.wav": ("failed", "non_finite"),
-                        "one sample.wav": ("failed", "too_short")}
+                        "one sample.wav": ("failed", "too_short"),
+                        # each used to abort the whole acquire (OSError, ArrayMemoryError)
+                        "loop.wav": ("failed", "missing"), "huge rate.wav": ("failed", "corrupt")}
     assert pq.read_schema(tmp_path / "raw" / "manifest.parquet").equals(SCHEMA, check_metadata=False)
     for row in rows:
         if row["status"] == "ok":

@@ -48,9 +48,15 @@ def to_mono(audio: np.ndarray) -> np.ndarray:
     return audio.mean(axis=1, dtype=np.float32)
 
 
+MAX_SAMPLE_RATE = 768_000  # the highest rate audio interfaces record at; a header above it lies
+
+
 def resample(audio: np.ndarray, rate: int, target_rate: int) -> np.ndarray:
     if rate == target_rate:
         return audio
+    if not 1 <= rate <= MAX_SAMPLE_RATE:
+        # resample_poly's filter grows with the rate: a header claiming 2^31-1 Hz allocates until it dies
+        raise ClipRejected("corrupt", f"its header claims {rate} Hz (an audio file has 1 to {MAX_SAMPLE_RATE} Hz)")
     divisor = gcd(rate, target_rate)
     return resample_poly(audio, target_rate // divisor, rate // divisor).astype(np.float32)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import os
 import re
 import sys
 from dataclasses import dataclass
@@ -69,7 +70,10 @@ def read_labels_csv(csv_path: Path, folder: Path, ontology: Ontology) -> list[Re
             if not path or not labels:
                 problems.append(f"line {line}: empty {'path' if not path else 'labels'}")
                 continue
-            resolved = (root / path).resolve()
+            try:
+                resolved = (root / path).resolve()
+            except (OSError, RuntimeError):  # a symlink loop: that row fails when it is read
+                resolved = Path(os.path.normpath(root / path))
             if Path(path).is_absolute() or not resolved.is_relative_to(root):
                 problems.append(f"line {line}: {path!r} is outside source.dir")
                 continue
@@ -102,6 +106,8 @@ def recording_id(path: str) -> str:
 def read_recording(path: Path, rules: ClipRules):
     """Mono float32 at the clip rate, or ClipRejected."""
     if not path.is_file():
+        if path.is_symlink():
+            raise ClipRejected("missing", f"{path} is a symlink to nothing readable (a loop, or a missing target)")
         raise ClipRejected("missing", f"{path} does not exist")
     if path.stat().st_size == 0:
         raise ClipRejected("empty", "zero-length file")
