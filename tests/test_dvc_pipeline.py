@@ -58,14 +58,15 @@ def test_dvc_repro_runs_the_dag_and_invalidates_precisely(repo):
         ("sample", "vocoder", "griffin_lim", {"sample"}),
         ("sample", "guidance_scale", 5.0, {"sample"}),
         ("sample", "batch_size", 3, set()),  # per-image seeds: batching cannot change a sample
-        ("sample", "resolutions", ["64x64"], {"sample", "evaluate"}),
+        ("sample", "resolutions", ["64x64"], {"fit_judge", "sample", "evaluate"}),  # a judge per geometry
         ("evaluate", "batch_size", 16, {"evaluate"}),
+        ("evaluate", "bootstrap", 40, {"evaluate"}),  # scoring, not the judge: it holds still
     ]
     for group, key, value, stages in expectations:
         assert changed_stages(repo, group, key, value) == stages, f"{group}.{key}"
     assert "up to date" in run(["dvc", "status"], repo).lower()
 
-    downstream = {"render", "train", "train_evaluator", "train_vocoder", "sample", "evaluate"}
+    downstream = {"render", "train", "train_evaluator", "train_vocoder", "fit_judge", "sample", "evaluate"}
     assert stages_run(repo, "subset", "caption_template", "a sound of {name}") == {"subset"} | downstream
     assert stages_run(repo, "sample", "guidance_scale", 4.0) == {"sample", "evaluate"}
 
@@ -76,6 +77,15 @@ def test_dvc_repro_runs_the_dag_and_invalidates_precisely(repo):
     generate.write_text(original + "\n# another inversion, say\n")
     assert set(json.loads(run(["dvc", "status", "--json"], repo))) == {"sample", "evaluate"}
     generate.write_text(original)
+    # generation that scoring does not run (the test clips are in-painted in sample), and
+    # scoring that no generation runs
+    for module, stages in (("models/inpaint.py", {"sample"}), ("evaluation/scores.py", {"evaluate"}),
+                           ("evaluation/extractors.py", {"fit_judge", "evaluate"})):
+        path = repo / "pipeline" / module
+        original = path.read_text()
+        path.write_text(original + "\n# changed\n")
+        assert set(json.loads(run(["dvc", "status", "--json"], repo))) == stages, module
+        path.write_text(original)
     spectrogram = repo / "pipeline" / "audio" / "spectrogram.py"  # sample -> generate -> Griffin-Lim
     original = spectrogram.read_text()
     spectrogram.write_text(original + "\n# another Griffin-Lim, say\n")
