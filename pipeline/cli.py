@@ -74,6 +74,8 @@ def guidance_scale(args, model: Path, settings) -> tuple[float, str]:
     chosen_file = Path(args.guidance_file)
     try:
         chosen = json.loads(chosen_file.read_text()) if chosen_file.is_file() else {}
+        if not isinstance(chosen, dict):
+            raise ValueError(f"a {type(chosen).__name__}, not a mapping of model names")
         for name, directory in MODELS.items():
             if name in chosen and model.resolve() == directory.resolve():
                 scale = float(chosen[name]["guidance_scale"])

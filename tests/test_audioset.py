@@ -199,8 +199,8 @@ def test_a_killed_run_resumes_without_downloading_again(tmp_path, media, ontolog
             assert time.monotonic() < deadline and process.poll() is None, "the run never reached the third clip"
             time.sleep(0.05)
         process.send_signal(stop)
-        _, stderr = process.communicate(timeout=60)
-        server.release()
+        server.release()  # nothing may wait on the held answer while the run stops
+        _, stderr = process.communicate(timeout=120)
         finished = sorted(p.name for p in (raw / "clips").glob("*.flac"))
         if stop == signal.SIGINT:
             assert process.returncode == 130 and "interrupted" in stderr
@@ -209,7 +209,7 @@ def test_a_killed_run_resumes_without_downloading_again(tmp_path, media, ontolog
             # a clip written in the instant before the interrupt is adopted by the next run
             assert recorded <= set(finished) and len(set(finished) - recorded) <= 1
             assert set(manifest.status) <= {"ok", "pending"}
-        assert len(finished) == 2
+        assert 2 <= len(finished) < len(ytids)  # the held third may finish as the run stops
         hits = dict(server.hits)
         rows, _ = acquire(params, raw, ontology)
     assert [r["status"] for r in rows] == ["ok"] * len(ytids)
