@@ -191,9 +191,12 @@ def test_a_killed_run_resumes_without_downloading_again(tmp_path, media, ontolog
         params = audioset_params(csv, server.url_template, workers=1)
         params_file = tmp_path / "params.yaml"
         params_file.write_text(yaml.safe_dump(params.to_dict()))
+        # as from a terminal: a test run started in the background (`make test &`) ignores
+        # SIGINT, and a child inherits that, so Ctrl-C is given back its default
         process = subprocess.Popen([sys.executable, "-m", "pipeline.stages.acquire", "--params",
                                     str(params_file), "--out", str(raw)], cwd=ROOT,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                   preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         deadline = time.monotonic() + 120
         while len(list((raw / "clips").glob("*.flac"))) < 2 or len(server.first_request) < 3:
             assert time.monotonic() < deadline and process.poll() is None, "the run never reached the third clip"
