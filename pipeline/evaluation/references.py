@@ -33,6 +33,12 @@ TENSORS = "judge.safetensors"
 CONFIG = "judge.json"
 
 
+def label_indices(known: list[str], class_ids) -> np.ndarray:
+    """Each class id's index in ``known``, -1 for a class the judge never saw."""
+    index = {c: i for i, c in enumerate(known)}
+    return np.array([index.get(c, -1) for c in class_ids], dtype=np.int64)
+
+
 @dataclass
 class Judge:
     """Class list, the fitted heads and the real clips' features (test and training)."""
@@ -44,9 +50,7 @@ class Judge:
     record: dict
 
     def labels(self, class_ids) -> np.ndarray:
-        """Each class id's index, -1 for a class the judge never saw."""
-        index = {c: i for i, c in enumerate(self.class_ids)}
-        return np.array([index.get(c, -1) for c in class_ids], dtype=np.int64)
+        return label_indices(self.class_ids, class_ids)
 
     def hits(self, head: str, features: np.ndarray, class_ids) -> np.ndarray:
         """1.0 where the judge hears the prompted class, 0.0 where not, NaN for an unseen class."""
@@ -100,8 +104,7 @@ def fit_judge(shards: Path, index: Path, raw_dir: Path, resolutions: list[str], 
     train_rows = read_single_clips("train", ["target", "target_name"], shards)
     names = dict(zip(train_rows["target"], train_rows["target_name"]))
     class_ids = sorted(set(splits["train"]["target"]))
-    index_of = {c: i for i, c in enumerate(class_ids)}
-    labels = {s: np.array([index_of.get(t, -1) for t in d["target"]]) for s, d in splits.items()}
+    labels = {s: label_indices(class_ids, d["target"]) for s, d in splits.items()}
     total = sum(len(d["target"]) for d in splits.values()) * (1 + len(resolutions))
     progress = tqdm(total=total, desc="fit_judge features", unit="clip", file=sys.stderr)
     heads, features, choices = {}, {}, {}
