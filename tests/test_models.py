@@ -1,3 +1,4 @@
+import json
 import os
 import pickle
 import shutil
@@ -8,6 +9,7 @@ import torch
 from diffusers import StableDiffusionPipeline
 
 from pipeline.audio.shards import iter_batches
+from pipeline.models import OutOfMemory
 from pipeline.models.checkpoints import CheckpointError
 from pipeline.models.diffusion import ModelError, drop_captions, load_pipeline, materialise_base, uint8_to_pm1
 from pipeline.stages import train as train_module
@@ -241,7 +243,7 @@ def test_running_out_of_cpu_memory_gets_advice(tmp_path, tiny_shards, tiny_base,
                            "allocate memory: you tried to allocate 8589934592 bytes. Error code 12")
 
     monkeypatch.setattr(train_module, "diffusion_training_loss", no_memory)
-    with pytest.raises(TrainingError, match=r"out of memory at train\.batch_size=4: lower train\.batch_size"):
+    with pytest.raises(OutOfMemory, match=r"out of memory: at train\.batch_size=4, lower train\.batch_size"):
         run_train(tmp_path, shards, tiny_base)
 
 
@@ -270,3 +272,22 @@ def test_sd_v1_4_layout_has_the_published_sizes():
     assert sum(p.numel() for p in unet.parameters()) == 859_520_964
     assert sum(p.numel() for p in vae.parameters()) == 83_653_863
     assert unet.config.down_block_types[:3] == ("CrossAttnDownBlock2D",) * 3
+
+
+def test_train_refuses_tampered_checkpoints_as_the_vocoder_does(tmp_path, tiny_shards, tiny_base):
+    """A record claiming a step beyond the run (with the right fingerprint) used to skip
+    training and ship its weights; a linked step folder used to be resumed from."""
+    shards, _ = tiny_shards
+    run_train(tmp_path, shards, tiny_base)
+    last = train_module.checkpoints(tmp_path / "checkpoints")[-1]
+    record = json.loads((last / "checkpoint.json").read_text())
+    (last / "checkpoint.json").write_text(json.dumps({**record, "step": 1_000_000_000_000}))
+    with pytest.raises(CheckpointError, match=r"step 1000000000000 is not the folder's \(6\)"):
+        run_train(tmp_path, shards, tiny_base)
+    (last / "checkpoint.json").write_text(json.dumps(record))
+    elsewhere = tmp_path / "elsewhere"
+    last.rename(elsewhere)
+    last.symlink_to(elsewhere, target_is_directory=True)
+    with pytest.raises(CheckpointError, match=r"step-000006 is a link"):
+        run_train(tmp_path, shards, tiny_base)
+    assert (elsewhere / "checkpoint.json").is_file()

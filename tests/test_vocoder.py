@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 import pipeline.stages.train_vocoder as stage
 from pipeline.audio.waveforms import split_waveforms
 from pipeline.errors import ModelError
+from pipeline.models import OutOfMemory
 from pipeline.models.vocoder import (
     VOCODERS,
     NeuralVocoder,
@@ -67,8 +68,57 @@ def test_a_damaged_vocoder_is_a_clear_error(tmp_path, tiny_models):
 
     shutil.copytree(tiny_models["vocoder"], tmp_path / "vocoder")
     (tmp_path / "vocoder" / "vocoder.safetensors").write_bytes(b"not safetensors")
-    with pytest.raises(ModelError, match="unreadable or not this architecture"):
+    with pytest.raises(ModelError, match="unreadable or not the architecture config.json describes"):
         load_vocoder(tmp_path / "vocoder")
+
+
+def edited_copy(tmp_path, tiny_models, edit):
+    import shutil
+
+    directory = tmp_path / "vocoder"
+    shutil.copytree(tiny_models["vocoder"], directory)
+    config = json.loads((directory / "config.json").read_text())
+    edit(config)
+    (directory / "config.json").write_text(json.dumps(config))
+    return directory
+
+
+@pytest.mark.parametrize("field", ["dim", "intermediate_dim", "num_layers", "n_fft"])
+@pytest.mark.parametrize("value", [10**9, -1, 0, "abc", 2.5, None])
+def test_a_vocoder_config_out_of_bounds_is_refused_before_allocating(tmp_path, tiny_models, field, value):
+    directory = edited_copy(tmp_path, tiny_models, lambda config: config["shape"].update({field: value}))
+    with pytest.raises(ModelError, match=rf"config\.json: shape\.{field} is .*, not a whole number in 1\.\."):
+        load_vocoder(directory)
+
+
+def test_a_vocoder_config_that_does_not_match_its_weights_is_refused(tmp_path, tiny_models):
+    directory = edited_copy(tmp_path, tiny_models, lambda config: config["shape"].update(dim=8))
+    with pytest.raises(ModelError, match="not the architecture config.json describes .its tensors differ"):
+        load_vocoder(directory)
+    directory = edited_copy(tmp_path / "b", tiny_models, lambda config: config["shape"].pop("dim"))
+    with pytest.raises(ModelError, match="shape must have exactly the fields"):
+        load_vocoder(directory)
+
+
+def test_a_nan_vocoder_weight_is_refused(tmp_path, tiny_models):
+    from safetensors.torch import save_file
+
+    directory = edited_copy(tmp_path, tiny_models, lambda config: None)
+    weights = load_file(directory / "vocoder.safetensors")
+    name = sorted(weights)[-1]
+    weights[name].view(-1)[0] = float("nan")
+    save_file(weights, directory / "vocoder.safetensors")
+    with pytest.raises(ModelError, match=f"{name} holds NaN or infinite weights"):
+        load_vocoder(directory)
+
+
+@pytest.mark.parametrize("validation", [{}, {"neural": {"mel_l1_db": 1.0}}, "best",
+                                        {"neural": {"mel_l1_db": "1"}, "griffin_lim": {"mel_l1_db": 2.0}},
+                                        {"neural": {"mel_l1_db": float("nan")}, "griffin_lim": {"mel_l1_db": 2.0}}])
+def test_a_tampered_validation_block_picks_no_vocoder_silently(tmp_path, tiny_models, validation):
+    directory = edited_copy(tmp_path, tiny_models, lambda config: config.update(validation=validation))
+    with pytest.raises(ModelError, match="records no usable validation scores"):
+        chosen_vocoder(directory)
 
 
 def test_resume_after_a_kill_reaches_the_same_weights(tmp_path, tiny_shards, monkeypatch):
@@ -119,3 +169,12 @@ def test_training_brings_the_resynthesis_closer_to_the_mels(tmp_path, tiny_shard
 def test_unknown_vocoder_names_are_refused(tiny_models, tiny_shards):
     with pytest.raises(ModelError, match="unknown vocoder 'hifigan'"):
         vocoder_for("hifigan", tiny_shards[1].spec, tiny_models["vocoder"])
+
+
+def test_running_out_of_memory_gets_advice(tmp_path, tiny_shards, monkeypatch):
+    def no_memory(*args, **kwargs):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 8589934592 bytes")
+
+    monkeypatch.setattr(stage, "vocoder_loss", no_memory)
+    with pytest.raises(OutOfMemory, match=r"out of memory: at vocoder\.batch_size=\d+ and vocoder\.crop_frames=\d+"):
+        run(tmp_path, tiny_shards)

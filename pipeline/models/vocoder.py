@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from vocos.heads import ISTFTHead
 from vocos.models import VocosBackbone
@@ -38,6 +39,7 @@ from pipeline.audio.spectrogram import (
 )
 from pipeline.errors import ModelError
 from pipeline.files import atomic_path
+from pipeline.params import VOCODER_LIMITS
 
 VOCODERS = ("griffin_lim", "neural")
 WEIGHTS = "vocoder.safetensors"
@@ -100,13 +102,15 @@ def read_vocoder_config(directory: Path) -> dict:
 
 def load_vocoder(directory: Path | str, spec: SpectrogramSpec | None = None) -> NeuralVocoder:
     """The vocoder saved in ``directory`` (safetensors: nothing is unpickled). With ``spec``,
-    a vocoder trained for different audio settings is refused: it would misread every mel."""
+    a vocoder trained for different audio settings is refused: it would misread every mel.
+    The config's shape is checked against the bounds ``vocoder.*`` has in params.yaml, and the
+    weight file's tensors against that shape before anything is allocated."""
     directory = Path(directory)
     config = read_vocoder_config(directory)
     try:
         trained_for = SpectrogramSpec.from_dict(config.get("spectrogram_spec"), str(directory / CONFIG))
-        shape = VocoderShape(**config["shape"])
-    except (SpecError, KeyError, TypeError) as error:
+        shape = vocoder_shape(config.get("shape"))
+    except (SpecError, ValueError) as error:
         raise ModelError(f"{directory / CONFIG}: {error}") from None
     if spec is not None:
         differ = [f"{f}={getattr(trained_for, f)} (model: {getattr(spec, f)})"
@@ -114,13 +118,36 @@ def load_vocoder(directory: Path | str, spec: SpectrogramSpec | None = None) -> 
         if differ:
             raise ModelError(f"the vocoder at {directory} was trained for another SpectrogramSpec: "
                              f"{', '.join(differ)}; retrain it (`dvc repro train_vocoder`) or use griffin_lim")
-    vocoder = NeuralVocoder(trained_for, shape)
+    unreadable = f"{directory / WEIGHTS}: unreadable or not the architecture {CONFIG} describes"
+    with torch.device("meta"):  # shapes only: a config of absurd size allocates nothing
+        expected = {k: tuple(v.shape) for k, v in NeuralVocoder(trained_for, shape).state_dict().items()}
     try:
-        vocoder.load_state_dict(load_file(directory / WEIGHTS))
-    except (OSError, SafetensorError, RuntimeError) as error:
-        raise ModelError(f"{directory / WEIGHTS}: unreadable or not this architecture ({error}); "
-                         "run `dvc repro train_vocoder`") from None
+        with safe_open(directory / WEIGHTS, "pt") as weights:
+            found = {k: tuple(weights.get_slice(k).get_shape()) for k in weights.keys()}
+    except (OSError, SafetensorError) as error:
+        raise ModelError(f"{unreadable} ({error}); run `dvc repro train_vocoder`") from None
+    if found != expected:
+        raise ModelError(f"{unreadable} (its tensors differ); run `dvc repro train_vocoder`")
+    tensors = load_file(directory / WEIGHTS)
+    broken = sorted(k for k, v in tensors.items() if not torch.isfinite(v).all())
+    if broken:
+        raise ModelError(f"{directory / WEIGHTS}: {broken[0]} holds NaN or infinite weights; "
+                         "run `dvc repro train_vocoder`")
+    vocoder = NeuralVocoder(trained_for, shape)
+    vocoder.load_state_dict(tensors)
     return vocoder.eval()
+
+
+def vocoder_shape(raw) -> VocoderShape:
+    """A config's ``shape``, each field a whole number within the bounds of ``vocoder.*``."""
+    fields = [f.name for f in dataclasses.fields(VocoderShape)]
+    if not isinstance(raw, dict) or sorted(raw) != sorted(fields):
+        raise ValueError(f"shape must have exactly the fields {', '.join(fields)}")
+    for name in fields:
+        value, most = raw[name], VOCODER_LIMITS[name]
+        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= most:
+            raise ValueError(f"shape.{name} is {value!r}, not a whole number in 1..{most}")
+    return VocoderShape(**raw)
 
 
 def better_vocoder(validation: dict) -> str:
@@ -130,10 +157,14 @@ def better_vocoder(validation: dict) -> str:
 
 def chosen_vocoder(directory: Path) -> str:
     """The vocoder that scored better on the validation clips when ``directory`` was trained."""
-    validation = read_vocoder_config(directory).get("validation", {})
-    if not all(name in validation for name in VOCODERS):
-        raise ModelError(f"{directory / CONFIG} records no validation scores to choose a vocoder by; "
-                         "name one (griffin_lim or neural)")
+    validation = read_vocoder_config(directory).get("validation")
+    scores = [validation.get(name) if isinstance(validation, dict) else None for name in VOCODERS]
+    if not all(isinstance(score, dict) and isinstance(score.get("mel_l1_db"), (int, float))
+               and not isinstance(score["mel_l1_db"], bool) and math.isfinite(score["mel_l1_db"])
+               for score in scores):
+        raise ModelError(f"{directory / CONFIG} records no usable validation scores to choose a vocoder "
+                         f"by (a finite mel_l1_db for each of {', '.join(VOCODERS)}); name one "
+                         "(griffin_lim or neural), or run `dvc repro train_vocoder`")
     return better_vocoder(validation)
 
 

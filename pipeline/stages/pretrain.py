@@ -23,6 +23,7 @@ from tqdm import tqdm
 from pipeline import params as params_module
 from pipeline.errors import stage_main
 from pipeline.files import write_json
+from pipeline.models import advice_when_out_of_memory
 from pipeline.models.diffusion import (
     TINY,
     assemble,
@@ -162,7 +163,10 @@ def pretrain_tiny(params: Params, out_dir: Path) -> dict:
 
 def pretrain(params: Params, out_dir: Path = PRETRAINED_DIR) -> dict:
     if params.model.base == TINY:
-        return pretrain_tiny(params, out_dir)
+        config = params.pretrain
+        with advice_when_out_of_memory(f"at pretrain.batch_size={config.batch_size} and "
+                                       f"pretrain.crop_size={config.crop_size}, lower either"):
+            return pretrain_tiny(params, out_dir)
     materialise_base(params.model.base, out_dir)
     return {"base": params.model.base}
 

@@ -37,7 +37,8 @@ from pipeline.audio.shards import iter_batches, read_spec, read_split, shard_fil
 from pipeline.audio.spectrogram import image_to_log_mel
 from pipeline.errors import PipelineError, stage_main
 from pipeline.files import sha256_file, write_json
-from pipeline.models.checkpoints import checkpoints, latest_checkpoint, save_checkpoint
+from pipeline.models import advice_when_out_of_memory
+from pipeline.models.checkpoints import checkpoints, latest_checkpoint, load_optimizer, restoring, save_checkpoint
 from pipeline.models.diffusion import (
     caption_embeddings,
     diffusion_training_loss,
@@ -162,6 +163,14 @@ class EMA:
         for name, param in model.named_parameters():
             self.shadow[name].lerp_(param.detach().float(), 1 - decay)
 
+    def restore(self, shadow: dict) -> None:
+        """The average a checkpoint saved; ValueError unless it has this model's tensors."""
+        if not isinstance(shadow, dict) or any(
+                not isinstance(shadow.get(k), torch.Tensor) or shadow[k].shape != v.shape
+                for k, v in self.shadow.items()):
+            raise ValueError("its EMA weights are not this U-Net's")
+        self.shadow = {k: shadow[k].float() for k in self.shadow}
+
     @torch.no_grad()
     def copy_to(self, model: torch.nn.Module) -> None:
         for name, param in model.named_parameters():
@@ -240,7 +249,8 @@ def adapt_vae(vae, shards: Path, spec, config: TrainParams, resumed, live, accel
     before = vae_mae_db(vae, validation["image"], validation["log_mel"], spec)
     if config.finetune_vae:
         if resumed is not None:
-            vae.load_state_dict(resumed[2]["vae"])
+            with restoring(resumed[0]):
+                vae.load_state_dict(resumed[2]["vae"])
         else:
             finetune_vae(vae, shards, config, accelerator.device, live)
         if accelerator.num_processes > 1:  # every process encodes its latents with the main one's VAE
@@ -275,11 +285,12 @@ def start_optimisation(unet, config: TrainParams, resumed):
     progress = Progress()
     if resumed is not None:
         path, record, state = resumed
-        unet.load_state_dict(state["unet"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if ema is not None:
-            ema.shadow = state["ema"]
+        with restoring(path):
+            unet.load_state_dict(state["unet"])
+            load_optimizer(optimizer, state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            if ema is not None:
+                ema.restore(state["ema"])
         progress = Progress(record["step"], record["loss"], record["history"])
         print(f"resuming from {path} (step {progress.step})", file=sys.stderr)
     return optimizer, scheduler, ema, progress
@@ -307,7 +318,7 @@ def train(params: Params, shards: Path = SHARDS_DIR, base: Path = PRETRAINED_DIR
     spec = read_spec(shard_files("train", shards)[0])
     pipe = load_base(base, config, device)
     run_fingerprint = fingerprint(params, shards, base, accelerator.num_processes)
-    resumed = latest_checkpoint(checkpoint_dir, run_fingerprint)
+    resumed = latest_checkpoint(checkpoint_dir, run_fingerprint, config.steps)
     live = Live(str(live_dir), save_dvc_exp=False, dvcyaml=False) if main_process else None
     report = adapt_vae(pipe.vae, shards, spec, config, resumed, live, accelerator)
     data = encode_training_set(pipe, shards, device, config.finetune_vae)
@@ -317,7 +328,10 @@ def train(params: Params, shards: Path = SHARDS_DIR, base: Path = PRETRAINED_DIR
     for row in progress.history if live else ():  # the log before the checkpoint, as the new run's start
         log_step(live, row)
     start_step, started = progress.step, time.perf_counter()
-    try:
+    with advice_when_out_of_memory(
+            f"at train.batch_size={config.batch_size}, lower train.batch_size and raise "
+            "train.gradient_accumulation to keep the effective batch, or set "
+            "train.gradient_checkpointing: true (or train.mixed_precision: bf16 on a GPU)"):
         for step in tqdm(range(start_step, config.steps), initial=start_step, total=config.steps,
                          desc="train", unit="step", file=sys.stderr, disable=not accelerator.is_main_process):
             loss = train_step(step, unet, optimizer, scheduler, data, pipe.scheduler, config, accelerator)
@@ -346,13 +360,6 @@ def train(params: Params, shards: Path = SHARDS_DIR, base: Path = PRETRAINED_DIR
                     "scheduler": scheduler.state_dict(), "ema": ema.shadow if ema else None,
                     "vae": pipe.vae.state_dict() if config.finetune_vae else None,
                 }, _with_ema(plain, ema), config.keep_checkpoints)
-    except (torch.OutOfMemoryError, MemoryError, RuntimeError) as error:
-        if not is_out_of_memory(error):
-            raise
-        raise TrainingError(
-            f"out of memory at train.batch_size={config.batch_size}: lower train.batch_size and raise "
-            "train.gradient_accumulation to keep the effective batch, or set "
-            "train.gradient_checkpointing: true (or train.mixed_precision: bf16 on a GPU)") from None
     wall = time.perf_counter() - started
     accelerator.wait_for_everyone()
     if main_process:
@@ -394,14 +401,6 @@ def train_step(step: int, unet, optimizer, scheduler, data: TrainingSet, noise_s
     return loss
 
 
-def is_out_of_memory(error: BaseException) -> bool:
-    """A GPU's OutOfMemoryError, or the CPU allocator's plain RuntimeError saying the same."""
-    if isinstance(error, (torch.OutOfMemoryError, MemoryError)):
-        return True
-    message = str(error)
-    return "DefaultCPUAllocator" in message or "can't allocate memory" in message
-
-
 def _with_ema(unet, ema: EMA | None):
     """The weights to sample from: a copy carrying the EMA average, or the U-Net itself."""
     if ema is None:
@@ -420,7 +419,9 @@ def main(argv: list[str] | None = None) -> None:
 
     report = train(params_module.load(args.params))
     if PartialState().is_main_process:  # one process writes, under `accelerate launch`
-        write_json(TIMINGS_DIR / "train.json", report.pop("timings"))
+        # which step a run resumed from is how it ran, not what it made: not a tracked metric
+        write_json(TIMINGS_DIR / "train.json",
+                   {**report.pop("timings"), "resumed_from_step": report.pop("resumed_from_step")})
         write_json(METRICS, report)
         print(json.dumps(report, indent=2), file=sys.stderr)
 

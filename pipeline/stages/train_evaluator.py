@@ -18,6 +18,7 @@ from pipeline import params as params_module
 from pipeline.audio.shards import read_single_clips, read_spec, shard_files
 from pipeline.errors import stage_main
 from pipeline.files import write_json
+from pipeline.models import advice_when_out_of_memory
 from pipeline.models.evaluator import Evaluator, train_classifier
 from pipeline.paths import EVALUATOR_DIR, SHARDS_DIR
 
@@ -33,9 +34,10 @@ def train_evaluator(params: params_module.Params, shards: Path = SHARDS_DIR,
     names = dict(zip(train["target"], train["target_name"]))
     class_ids = sorted(names)
     index = {c: i for i, c in enumerate(class_ids)}
-    model = train_classifier(train["log_mel"], np.array([index[t] for t in train["target"]]),
-                             len(class_ids), spec, config.epochs, config.batch_size,
-                             config.learning_rate, config.seed)
+    with advice_when_out_of_memory(f"at evaluator.batch_size={config.batch_size}, lower it"):
+        model = train_classifier(train["log_mel"], np.array([index[t] for t in train["target"]]),
+                                 len(class_ids), spec, config.epochs, config.batch_size,
+                                 config.learning_rate, config.seed)
     evaluator = Evaluator(model, class_ids, [names[c] for c in class_ids], spec)
     evaluator.save(out_dir)
     test = read_single_clips("test", COLUMNS, shards)

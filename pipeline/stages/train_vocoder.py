@@ -33,8 +33,8 @@ from pipeline.audio.spectrogram import SpectrogramSpec, waveform_to_log_mel
 from pipeline.audio.waveforms import split_waveforms
 from pipeline.errors import PipelineError, stage_main
 from pipeline.files import write_json
-from pipeline.models import compute_device
-from pipeline.models.checkpoints import latest_checkpoint, save_checkpoint
+from pipeline.models import advice_when_out_of_memory, compute_device
+from pipeline.models.checkpoints import latest_checkpoint, load_optimizer, restoring, save_checkpoint
 from pipeline.models.vocoder import (
     NeuralVocoder,
     VocoderShape,
@@ -114,37 +114,40 @@ def train_vocoder(params: Params, shards: Path = SHARDS_DIR, index: Path = SUBSE
     optimizer = torch.optim.AdamW(vocoder.parameters(), lr=config.learning_rate, betas=(0.8, 0.9))
     schedule = get_scheduler("cosine", optimizer, num_warmup_steps=0, num_training_steps=config.steps)
     step, history = 0, []
-    resumed = latest_checkpoint(checkpoint_dir, run_fingerprint)
+    resumed = latest_checkpoint(checkpoint_dir, run_fingerprint, config.steps)
     if resumed is not None:
         path, record, state = resumed
-        vocoder.load_state_dict(state["vocoder"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["scheduler"])
+        with restoring(path):
+            vocoder.load_state_dict(state["vocoder"])
+            load_optimizer(optimizer, state["optimizer"])
+            schedule.load_state_dict(state["scheduler"])
         step, history = record["step"], record["history"]
         print(f"resuming from {path} (step {step})", file=sys.stderr)
     start_step = step
 
     vocoder.train()
-    for step in tqdm(range(start_step, config.steps), initial=start_step, total=config.steps,
-                     desc="train vocoder", unit="step", file=sys.stderr):
-        mels, audio = crops(step, train["waveform"], log_mels, config, spec)
-        loss = vocoder_loss(vocoder, mels.to(device), audio.to(device), config.mel_weight)
-        if not math.isfinite(loss.item()):
-            raise VocoderTrainingError(f"loss became {loss.item()} at step {step + 1}; try a lower "
-                                       "vocoder.learning_rate")
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vocoder.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        done = step + 1
-        if done % config.log_every == 0 or done == config.steps:
-            history.append({"step": done, "loss": loss.item()})
-        if done % config.checkpoint_every == 0 or done == config.steps:
-            record = {"step": done, "fingerprint": run_fingerprint, "loss": loss.item(), "history": history}
-            state = {"vocoder": vocoder.state_dict(), "optimizer": optimizer.state_dict(),
-                     "scheduler": schedule.state_dict()}
-            save_checkpoint(checkpoint_dir, record, state, None, config.keep_checkpoints)
+    with advice_when_out_of_memory(f"at vocoder.batch_size={config.batch_size} and "
+                                   f"vocoder.crop_frames={config.crop_frames}, lower either"):
+        for step in tqdm(range(start_step, config.steps), initial=start_step, total=config.steps,
+                         desc="train vocoder", unit="step", file=sys.stderr):
+            mels, audio = crops(step, train["waveform"], log_mels, config, spec)
+            loss = vocoder_loss(vocoder, mels.to(device), audio.to(device), config.mel_weight)
+            if not math.isfinite(loss.item()):
+                raise VocoderTrainingError(f"loss became {loss.item()} at step {step + 1}; try a lower "
+                                           "vocoder.learning_rate")
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(vocoder.parameters(), 1.0)
+            optimizer.step()
+            schedule.step()
+            done = step + 1
+            if done % config.log_every == 0 or done == config.steps:
+                history.append({"step": done, "loss": loss.item()})
+            if done % config.checkpoint_every == 0 or done == config.steps:
+                record = {"step": done, "fingerprint": run_fingerprint, "loss": loss.item(), "history": history}
+                state = {"vocoder": vocoder.state_dict(), "optimizer": optimizer.state_dict(),
+                         "scheduler": schedule.state_dict()}
+                save_checkpoint(checkpoint_dir, record, state, None, config.keep_checkpoints)
     vocoder.cpu().eval()  # scored and saved as generate and evaluate use it
 
     validation = split_waveforms("val", shards, index, raw_dir, params.subset.mix_domain)
@@ -162,7 +165,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--params", default=str(params_module.PARAMS_YAML))
     args = parser.parse_args(argv)
     report = train_vocoder(params_module.load(args.params))
-    write_json(METRICS, {k: v for k, v in report.items() if k != "history"})
+    # the log is in the checkpoints; the step resumed from is how it ran, not what it made
+    write_json(METRICS, {k: v for k, v in report.items() if k not in ("history", "resumed_from_step")})
     print(json.dumps(report["validation"], indent=2), file=sys.stderr)
 
 
