@@ -3,7 +3,7 @@
 Every error the pipeline raises on purpose (bad params, a damaged artifact, a model that
 does not fit) derives from :class:`PipelineError` and says what to change. A stage's
 ``main`` is wrapped in :func:`stage_main`, so such an error ends the stage with one line
-naming the stage, and exit status 1, instead of a traceback.
+naming the stage, and exit status 1, instead of a traceback (Ctrl-C: one line, status 130).
 """
 
 from __future__ import annotations
@@ -41,6 +41,10 @@ def stage_main(stage: str):
             except PipelineError as error:
                 print(f"{stage}: {error}", file=sys.stderr)
                 sys.exit(1)
+            except KeyboardInterrupt:  # every output is written whole or not at all
+                print(f"{stage}: interrupted; finished outputs are kept, and the next run "
+                      "continues from its last checkpoint or redoes the stage", file=sys.stderr)
+                sys.exit(130)
             write_json(TIMINGS_DIR / "stages" / f"{stage}.json",
                        {"stage": stage, "wall_seconds": round(time.perf_counter() - started, 1)})
             return result

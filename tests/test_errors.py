@@ -92,6 +92,19 @@ def test_stage_main_turns_a_pipeline_error_into_one_line(capsys):
     assert capsys.readouterr().err == "demo: what went wrong, and what to do\n"
 
 
+def test_ctrl_c_in_any_stage_is_one_line_and_status_130(capsys):
+    """Ctrl-C in `sample` used to end in a KeyboardInterrupt traceback."""
+    @stage_main("sample")
+    def main(argv=None):
+        raise KeyboardInterrupt
+
+    with pytest.raises(SystemExit) as exit:
+        main([])
+    assert exit.value.code == 130
+    err = capsys.readouterr().err
+    assert err.startswith("sample: interrupted; finished outputs are kept") and err.count("\n") == 1
+
+
 def test_a_pickled_model_file_is_never_loaded(tmp_path, tiny_base):
     """Models come through a shared DVC remote too: only safetensors weights are read."""
     marker = tmp_path / "pwned"
