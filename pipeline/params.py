@@ -596,14 +596,30 @@ def load(path: Path | str = PARAMS_YAML) -> Params:
     path = Path(path)
     if not path.exists():
         raise ParamsError(f"{path}: not found (run from the repository root)")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise ParamsError(f"{path}: not valid YAML: {error}") from None
+    raw = read_yaml(path)
     if raw is None:
         # every stage would silently run on the defaults, whatever the user meant to write
         raise ParamsError(f"{path}: is empty; write a profile into it with `specldm profile default`")
     return parse(raw)
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """YAML without anchors and aliases: params never need them, and a few nested aliases
+    ("billion laughs") would expand to gigabytes before any key is checked."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed in params",
+                                              event.start_mark)
+        return super().compose_node(parent, index)
+
+
+def read_yaml(path: Path):
+    try:
+        return yaml.load(path.read_text(), Loader=_NoAliasLoader)  # noqa: S506 (a SafeLoader)
+    except yaml.YAMLError as error:
+        raise ParamsError(f"{path}: not valid YAML: {error}") from None
 
 
 def _merge(base: dict, overlay: dict, prefix: str = "") -> dict:
@@ -624,6 +640,9 @@ PROFILE_HEADER = """\
 """
 
 
+PROFILE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+
+
 def profile(name: str) -> Params:
     """The embedded defaults with ``configs/<name>.yaml`` laid over them (``default``: none).
     A profile that begins ``extends: <other>`` is laid over that profile instead, so that a
@@ -637,10 +656,13 @@ def _profile_dict(name: str, seen: tuple[str, ...]) -> dict:
     if name in seen:
         raise ParamsError(f"profile {name!r} extends itself ({' -> '.join(seen + (name,))})")
     overlay_path = CONFIGS_DIR / f"{name}.yaml"
-    if not overlay_path.exists():
+    # a name, never a path: "../../x/evil" would read a YAML from anywhere
+    if not PROFILE_NAME.fullmatch(name) or not overlay_path.is_file():
         choices = ["default"] + sorted(p.stem for p in CONFIGS_DIR.glob("*.yaml"))
         raise ParamsError(f"unknown profile {name!r}; choose from {', '.join(choices)}")
-    overlay = yaml.safe_load(overlay_path.read_text()) or {}
+    overlay = read_yaml(overlay_path) or {}
+    if not isinstance(overlay, dict):
+        raise ParamsError(f"{overlay_path}: expected a mapping of sections, got {_show(overlay)}")
     base = overlay.pop("extends", "default")
     if not isinstance(base, str):
         raise ParamsError(f"{overlay_path}: extends: must name one profile")
