@@ -87,8 +87,9 @@ class Ontology:
     def name(self, class_id: str) -> str:
         return self[class_id].name
 
-    def resolve(self, label: str) -> str:
-        """An id (``/m/015jpf``) or display name (``Dial tone``, any case) -> id."""
+    def resolve(self, label: str, suggest: bool = True) -> str:
+        """An id (``/m/015jpf``) or display name (``Dial tone``, any case) -> id. An unknown
+        one is an OntologyError naming close names (``suggest``: a millisecond's search)."""
         label = label.strip()
         if label in self.classes:
             return label
@@ -96,7 +97,7 @@ class Ontology:
         if found:
             return found
         names = [c.name for c in self.classes.values()]
-        close = difflib.get_close_matches(label, names, n=3, cutoff=0.5)
+        close = difflib.get_close_matches(label, names, n=3, cutoff=0.5) if suggest else []
         hint = f"; did you mean {', '.join(repr(n) for n in close)}?" if close else ""
         raise OntologyError(f"unknown AudioSet class {label!r}{hint}")
 

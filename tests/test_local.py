@@ -140,6 +140,24 @@ def test_every_bad_csv_line_is_listed(tmp_path, recordings, ontology):
     assert not (tmp_path / "raw" / "manifest.parquet").exists()
 
 
+def test_a_huge_garbage_csv_searches_close_names_only_for_the_lines_it_lists(tmp_path, recordings, ontology,
+                                                                              monkeypatch):
+    """10^5 rows of unknown labels took 99 s to report: each searched every class name for a hint."""
+    import difflib
+
+    from pipeline.sources.local import MAX_LISTED_PROBLEMS
+
+    folder, _ = recordings
+    searches = []
+    real = difflib.get_close_matches
+    monkeypatch.setattr(difflib, "get_close_matches", lambda *a, **k: searches.append(a) or real(*a, **k))
+    csv = tmp_path / "garbage.csv"
+    csv.write_text("path,labels\n" + "".join(f"r{i}.wav,Not a class {i}\n" for i in range(10_000)))
+    with pytest.raises(AcquireError, match=r"10000 bad lines") as error:
+        acquire(local_params(folder, csv), tmp_path / "raw", ontology)
+    assert len(searches) == MAX_LISTED_PROBLEMS and "... and" in str(error.value)
+
+
 def test_header_is_required(tmp_path, recordings, ontology):
     folder, _ = recordings
     csv = tmp_path / "noheader.csv"

@@ -39,9 +39,9 @@ class Recording:
     labels: tuple[str, ...]  # ontology ids
 
 
-def parse_labels(text: str, ontology: Ontology) -> tuple[str, ...]:
+def parse_labels(text: str, ontology: Ontology, suggest: bool = True) -> tuple[str, ...]:
     items = text.split(",") if _ID_LIST.fullmatch(text) else text.split(";")
-    labels = [ontology.resolve(item) for item in items if item.strip()]
+    labels = [ontology.resolve(item, suggest) for item in items if item.strip()]
     if not labels:
         raise OntologyError("no labels")
     return tuple(dict.fromkeys(labels))
@@ -84,7 +84,9 @@ def read_labels_csv(csv_path: Path, folder: Path, ontology: Ontology) -> list[Re
                 continue
             first_line[relative] = line
             try:
-                recordings.append(Recording(relative, parse_labels(labels, ontology)))
+                # close names only for the lines listed: 10^5 garbage rows used to take 99 s
+                suggest = len(problems) < MAX_LISTED_PROBLEMS
+                recordings.append(Recording(relative, parse_labels(labels, ontology, suggest)))
             except OntologyError as error:
                 problems.append(f"line {line}: {error}")
     if problems:
