@@ -1,9 +1,11 @@
-"""A small CNN audio classifier on log-mels: the audio-domain feature space for evaluation.
+"""A small CNN audio classifier on log-mels, trained on the real training mels (stage
+``train_evaluator``).
 
-It is trained on the real training mels (stage ``train_evaluator``). Its penultimate
-embedding plays the role PANNs/VGGish play in AudioLDM-style evaluations (whose weights
-cannot be downloaded here): Frechet distance in that space, and conditioning accuracy
-(how often it hears the class a sample was prompted with).
+It no longer judges anything that is tracked: the frozen judges of
+:mod:`pipeline.evaluation` do (their weights are not trained here, so they hold still across
+data, branches and machines). What it still does is cheap and inside generation: the
+``sample`` stage chooses the guidance scale by how close, in its embedding, samples lie to the
+validation clips, and how often it hears the prompted class there.
 """
 
 from __future__ import annotations
