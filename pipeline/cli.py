@@ -35,15 +35,17 @@ MAX_INPAINT_SECONDS = 120.0
 MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes 64 bits
 
 
-def resolve_prompt(text: str, template: str) -> str:
+def resolve_prompt(text: str, subset) -> str:
     """Text that mentions a spectrogram is a prompt as the model was trained on; anything
-    else must name an AudioSet class (display name or id), which becomes that caption."""
+    else must name an AudioSet class (display name or id), which becomes its caption exactly
+    as ``subset`` wrote the training captions (template, and the hierarchy when
+    ``subset.verbose_captions``)."""
     if "spectrogram" in text.lower():
         return text
     from pipeline.ontology import Ontology
 
     ontology = Ontology.load()
-    return ontology.caption(ontology.resolve(text), template)
+    return ontology.caption(ontology.resolve(text), subset.caption_template, subset.verbose_captions)
 
 
 def model_settings(args):
@@ -121,9 +123,8 @@ def generate(args) -> None:
         raise PipelineError("--prompt-at out-paints, so it needs --seconds, not --width (one window)")
     check_writable(Path(args.out))
     model, settings, spec = model_settings(args)
-    template = settings.subset.caption_template
-    prompt = resolve_prompt(args.text, template)
-    later = [(at, resolve_prompt(text, template)) for at, text in args.prompt_at]
+    prompt = resolve_prompt(args.text, settings.subset)
+    later = [(at, resolve_prompt(text, settings.subset)) for at, text in args.prompt_at]
     long_form = args.width is None and (args.seconds > spec.clip_seconds or args.prompt_at)
     if long_form and not 0 < args.overlap < spec.clip_seconds:
         raise PipelineError(f"--overlap {args.overlap:g} must be above 0 and below one window "
@@ -181,7 +182,7 @@ def inpaint(args) -> None:
                             "at once; cut the part around the region out first")
     check_writable(out)
     model, settings, spec = model_settings(args)
-    prompt = resolve_prompt(args.text, settings.subset.caption_template)
+    prompt = resolve_prompt(args.text, settings.subset)
     rules = ClipRules(spec.sample_rate, spec.clip_seconds, "pad", "split", -math.inf)
     try:
         original = read_recording(source, rules)

@@ -192,3 +192,17 @@ def test_inpaint_refuses_its_input_as_out_a_directory_and_an_hour(tmp_path, fast
     assert run_cli("inpaint", str(tmp_path / "hour.wav"), "Rain", *region, "--out", str(tmp_path / "o.wav"),
                    *fast) == 2
     assert "3600 s is longer than the 120 s inpaint takes at once" in capsys.readouterr().err
+
+
+def test_cli_prompts_are_the_training_captions(ontology):
+    """`specldm generate Rain` ignored subset.verbose_captions, so with it on the prompt was
+    not a caption the model had seen."""
+    from pipeline.params import SubsetParams
+
+    class_id = ontology.resolve("Dial tone")
+    for verbose in (False, True):
+        subset = SubsetParams(verbose_captions=verbose)
+        expected = ontology.caption(class_id, subset.caption_template, verbose)
+        assert cli.resolve_prompt("Dial tone", subset) == expected
+    assert "a kind of" in cli.resolve_prompt("Dial tone", SubsetParams(verbose_captions=True))
+    assert cli.resolve_prompt("a mel spectrogram of rain", SubsetParams()) == "a mel spectrogram of rain"
