@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup run test smoke rehearse bench
+.PHONY: setup run test test-fast smoke rehearse bench
 
 setup: $(STAMP)
 
@@ -23,6 +23,11 @@ run: $(STAMP)
 test: $(STAMP)
 	ruff check pipeline tests benchmarks
 	python -m pytest -q
+
+# After each edit: everything not marked slow (no training, DAG or process-per-stage runs).
+test-fast: $(STAMP)
+	ruff check pipeline tests benchmarks
+	python -m pytest -q -m "not slow"
 
 # The whole DAG on configs/tiny.yaml in a scratch clone of HEAD: a broken DAG cannot land.
 smoke: $(STAMP)

@@ -47,6 +47,17 @@ def commit(path: Path, message: str, init: bool = False) -> None:
     run(["git", "-c", "user.name=specldm", "-c", "user.email=t@t", "commit", "-qm", message], path)
 
 
+# A test that uses one of these trains, reproduces a DAG or serves downloads: it belongs to
+# the full tier (`make test`), not the fast one a developer runs after each edit (`make test-fast`).
+SLOW_FIXTURES = {"tiny_base", "tiny_models", "tiny_judge", "repo", "media"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if SLOW_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def ontology():
     from pipeline.ontology import Ontology

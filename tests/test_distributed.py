@@ -10,11 +10,14 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
 
 from conftest import ROOT, tiny_params
+
+pytestmark = pytest.mark.slow  # every test here reproduces or trains
 
 STEPS, CHECKPOINT_EVERY = 24, 2
 # Two processes average their gradients in another order than one process accumulating them:

@@ -62,6 +62,7 @@ def test_image_and_mel_round_trip(rendered, ontology):
 
 
 @pytest.mark.parametrize("domain", ["waveform", "mel"])
+@pytest.mark.slow
 def test_mixture_is_the_average_of_its_sources(tmp_path, ontology, domain):
     params = build_subset(tmp_path, ontology, subset={"mix_domain": domain})
     render_into(tmp_path, params)
@@ -77,6 +78,7 @@ def test_mixture_is_the_average_of_its_sources(tmp_path, ontology, domain):
     assert np.abs(stored - expected.numpy()).max() <= 0.05
 
 
+@pytest.mark.slow
 def test_bad_audio_is_skipped_and_reported(tmp_path, ontology):
     params = build_subset(tmp_path, ontology)
     clips = tmp_path / "raw" / "clips"
@@ -99,6 +101,7 @@ def test_bad_audio_is_skipped_and_reported(tmp_path, ontology):
     assert written + len(report["skipped"]) == index_rows
 
 
+@pytest.mark.slow
 def test_resume_after_a_kill_redoes_only_unfinished_shards(tmp_path, ontology):
     params = build_subset(tmp_path, ontology)
     first = render_into(tmp_path, params)
@@ -114,6 +117,7 @@ def test_resume_after_a_kill_redoes_only_unfinished_shards(tmp_path, ontology):
     assert render_into(tmp_path, bigger)["shards_reused"] == 0  # another spec: everything redone
 
 
+@pytest.mark.slow
 def test_shards_of_an_older_layout_are_rewritten(tmp_path, ontology, monkeypatch):
     import pipeline.stages.render
     from pipeline.audio.shards import shard_schema
@@ -165,6 +169,7 @@ def shard_of(shards, split, row_id):
                 if row_id in pq.read_table(f, columns=["id"]).column("id").to_pylist())
 
 
+@pytest.mark.slow
 def test_a_changed_clip_rerenders_its_shard(tmp_path, ontology):
     """Same ids and paths, other audio (another source.seed, a replaced recording, a clip
     downloaded again): the shard holding it must not be reused."""
@@ -185,6 +190,7 @@ def test_a_changed_clip_rerenders_its_shard(tmp_path, ontology):
     assert np.abs(stored - expected).max() <= 0.05
 
 
+@pytest.mark.slow
 def test_a_damaged_shard_is_rendered_again(tmp_path, ontology):
     params = build_subset(tmp_path, ontology)
     render_into(tmp_path, params)
@@ -201,6 +207,7 @@ def test_a_damaged_shard_is_rendered_again(tmp_path, ontology):
     assert record["file"] == shard.name and len(record["sha256"]) == 64
 
 
+@pytest.mark.slow
 def test_changed_render_code_rerenders_everything(tmp_path, ontology, monkeypatch):
     import pipeline.stages.render
 
@@ -210,6 +217,7 @@ def test_changed_render_code_rerenders_everything(tmp_path, ontology, monkeypatc
     assert render_into(tmp_path, params)["shards_reused"] == 0
 
 
+@pytest.mark.slow
 def test_non_finite_audio_is_a_recorded_skip(tmp_path, ontology):
     params = build_subset(tmp_path, ontology)
     clips = tmp_path / "raw" / "clips"
@@ -229,6 +237,7 @@ def test_non_finite_audio_is_a_recorded_skip(tmp_path, ontology):
             assert not used & {"syn-00-0000", "syn-00-0001"}
 
 
+@pytest.mark.slow
 def test_a_killed_render_leaves_no_worker(tmp_path, ontology):
     params = build_subset(tmp_path / "data", ontology)
     assert params.render.workers == 2

@@ -11,6 +11,8 @@ import yaml
 
 from conftest import commit, make_tiny_repo, run
 
+pytestmark = pytest.mark.slow  # every test here reproduces or trains
+
 SCORES = ("fid", "kid", "accuracy", "accuracy_audio", "fad", "kad")
 SCORES += tuple(f"vocoder.{v}.{name}" for v in ("griffin_lim", "neural") for name in ("fad", "kad", "accuracy_audio"))
 TABLE_KEYS = {f"{name}.{model}.{resolution}" for name in SCORES
