@@ -17,6 +17,7 @@ import torch
 
 from pipeline.models.diffusion import build_unet, build_vae, diffusion_loss, noise_scheduler
 from pipeline.params import load
+from pipeline.training.vae import vae_step
 
 
 def main() -> None:
@@ -69,21 +70,17 @@ def main() -> None:
     vae.train()
     vae_optimizer = torch.optim.AdamW(vae.parameters(), lr=1e-4)
 
-    def vae_step(size: int) -> None:
+    def finetune_step(size: int) -> None:
         batch = torch.rand(config.vae_batch_size, 3, size, size) * 2 - 1
-        posterior = vae.encode(batch).latent_dist
-        loss = (vae.decode(posterior.sample(generator)).sample - batch).abs().mean()
-        vae_optimizer.zero_grad()
-        loss.backward()
-        vae_optimizer.step()
+        vae_step(vae, vae_optimizer, batch, config.vae_kl_weight, generator)
 
     rates = {}
     crop = min(config.vae_crop_size, args.image_size)
     for size in (crop, args.image_size):
-        vae_step(size)  # warm-up
+        finetune_step(size)  # warm-up
         start = time.perf_counter()
         for _ in range(args.steps // 2):
-            vae_step(size)
+            finetune_step(size)
         rates[size] = (args.steps // 2) / (time.perf_counter() - start)
         print(f"VAE fine-tuning on {size:3d} px: {rates[size]:6.2f} steps/s (batch {config.vae_batch_size})")
     print(f"speed-up from crops: {rates[crop] / rates[args.image_size]:.2f}x")

@@ -9,12 +9,14 @@ its worker processes, local recordings) and the manifest all of them write. ``au
 every audio constant and conversion (``SpectrogramSpec``: waveform, log-mel, image), the
 Parquet shards that carry them and the waveforms behind each shard row. ``models/`` holds the
 diffusion model's parts, generation, the vocoders, the evaluator network and checkpoints.
+``training/`` what the training stages share: data order, the VAE step, the latent cache,
+the EMA and one resumable run (fingerprint, checkpoint cadence, the non-finite loss guard).
 ``evaluation/`` scores: the frozen feature extractors (Inception-v3, the aisfx sound
 embedding), distances and bootstrap intervals, the frozen judge, the real clips' features
 (``models/judge``), every tracked score, the table and ``specldm compare``. Beside them:
 ``params.py`` (validated parameters), ``errors.py`` (errors a user can act on),
 ``provenance.py`` (which code each stage runs), ``files.py`` (atomic writes), ``ontology.py``
 (AudioSet's classes), ``cli.py`` (the ``specldm`` command). A new stage
-goes in ``stages/``, a new source in ``sources/``, a new network in ``models/``, a new score in
-``evaluation/``.
+goes in ``stages/``, a new source in ``sources/``, a new network in ``models/``, a training
+helper in ``training/``, a new score in ``evaluation/``.
 """

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterator
@@ -38,6 +39,12 @@ def write_json(path: Path | str, value) -> None:
     """Indented JSON with a final newline, written atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(value, indent=2) + "\n")
+
+
+def is_finite_number(value) -> bool:
+    """Whether a value read from JSON is a number we can compute with: not a bool (JSON's
+    ``true`` is an int to Python), not NaN and not infinite."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def write_flac(path: Path | str, audio: np.ndarray, sample_rate: int) -> None:

@@ -132,13 +132,12 @@ def tiny_models(tmp_path_factory, tiny_shards, tiny_base):
 @pytest.fixture(scope="session")
 def tiny_judge(tmp_path_factory, tiny_shards):
     """The frozen judge fitted on the tiny shards (its real features at 64x64 and 64x400)."""
-    from pipeline.evaluation.extractors import Inception, SoundEmbedding
+    from pipeline.evaluation.extractors import Inception
     from pipeline.evaluation.references import fit_judge
 
     shards, params = tiny_shards
     path = tmp_path_factory.mktemp("judge") / "judge"
-    judge = fit_judge(*tiny_audio(shards), list(params.sample.resolutions), Inception.from_params("", "", 16),
-                      SoundEmbedding(params.spectrogram.sample_rate))
+    judge = fit_judge(*tiny_audio(shards), list(params.sample.resolutions), Inception.from_params("", "", 16))
     judge.save(path)
     return path
 

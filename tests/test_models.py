@@ -8,12 +8,16 @@ import pytest
 import torch
 from diffusers import StableDiffusionPipeline
 
+import pipeline.training.resume
 from pipeline.audio.shards import iter_batches
 from pipeline.models import OutOfMemory
-from pipeline.models.checkpoints import CheckpointError
+from pipeline.models.checkpoints import CheckpointError, checkpoints
 from pipeline.models.diffusion import ModelError, drop_captions, load_pipeline, materialise_base, uint8_to_pm1
 from pipeline.stages import train as train_module
-from pipeline.stages.train import TrainingError, micro_batch_rows, train
+from pipeline.stages.train import train
+from pipeline.training.latents import cache_posteriors
+from pipeline.training.order import micro_batch_rows
+from pipeline.training.resume import TrainingError
 
 from conftest import tiny_params
 
@@ -141,7 +145,7 @@ def test_training_images_are_the_shard_images_unflipped(tiny_shards, tiny_base):
     seen = []
     encode = vae.encode
     vae.encode = lambda images: (seen.append(images.clone()), encode(images))[1]
-    train_module.cache_posteriors(vae, shards, 5, "cpu")
+    cache_posteriors(vae, shards, 5, "cpu")
     fed = torch.cat(seen)
     stored = np.concatenate([b["image"] for b in iter_batches("train", ["image"], root=shards)])
     assert torch.equal(fed, uint8_to_pm1(stored))
@@ -223,7 +227,7 @@ def test_a_planted_pickle_is_never_loaded(tmp_path, tiny_shards, tiny_base):
     assert not marker.exists()
     assert report["resumed_from_step"] == 0
     assert (planted / "training_state.pt").exists()
-    assert train_module.checkpoints(tmp_path / "checkpoints")[-1].name == "step-000006"
+    assert checkpoints(tmp_path / "checkpoints")[-1].name == "step-000006"
 
 
 def test_a_damaged_checkpoint_stops_with_the_folder_to_delete(tmp_path, tiny_shards, tiny_base):
@@ -250,7 +254,7 @@ def test_running_out_of_cpu_memory_gets_advice(tmp_path, tiny_shards, tiny_base,
 def test_changed_training_code_retrains_instead_of_resuming(tmp_path, tiny_shards, tiny_base, monkeypatch):
     shards, params = tiny_shards
     before = train_module.fingerprint(params, shards, tiny_base, 1)
-    monkeypatch.setattr(train_module, "code_digest", lambda module: "a changed loss, say")
+    monkeypatch.setattr(pipeline.training.resume, "code_digest", lambda module: "a changed loss, say")
     assert train_module.fingerprint(params, shards, tiny_base, 1) != before
 
 
@@ -279,7 +283,7 @@ def test_train_refuses_tampered_checkpoints_as_the_vocoder_does(tmp_path, tiny_s
     training and ship its weights; a linked step folder used to be resumed from."""
     shards, _ = tiny_shards
     run_train(tmp_path, shards, tiny_base)
-    last = train_module.checkpoints(tmp_path / "checkpoints")[-1]
+    last = checkpoints(tmp_path / "checkpoints")[-1]
     record = json.loads((last / "checkpoint.json").read_text())
     (last / "checkpoint.json").write_text(json.dumps({**record, "step": 1_000_000_000_000}))
     with pytest.raises(CheckpointError, match=r"step 1000000000000 is not the folder's \(6\)"):

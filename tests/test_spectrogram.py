@@ -159,3 +159,15 @@ def test_rejects_wrong_inputs():
         image_to_log_mel(torch.zeros(3, 64, 64), SPEC)
     with pytest.raises(SpecError, match="hop"):
         waveform_to_log_mel(torch.zeros(10), SPEC)
+
+
+def test_mel_band_centres_are_where_the_mel_filterbank_peaks():
+    from torchaudio.functional import melscale_fbanks
+
+    from pipeline.audio.spectrogram import mel_band_centres
+
+    spec = SpectrogramSpec()
+    bank = melscale_fbanks(spec.n_fft // 2 + 1, spec.f_min, spec.f_max, spec.n_mels, spec.sample_rate)
+    bin_hz = spec.sample_rate / spec.n_fft
+    peaks = bank.argmax(dim=0).double() * bin_hz
+    assert (mel_band_centres(spec) - peaks).abs().max() <= bin_hz / 2 + 1e-6

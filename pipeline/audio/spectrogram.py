@@ -158,6 +158,15 @@ def _mel_transform(spec: SpectrogramSpec) -> MelSpectrogram:
     )
 
 
+def mel_band_centres(spec: SpectrogramSpec) -> torch.Tensor:
+    """Each mel band's centre frequency in Hz (float64), on the scale :func:`_mel_transform`
+    uses (torchaudio's default, HTK's: ``mel = 2595 log10(1 + hz / 700)``, ``n_mels + 2``
+    edges spaced evenly in mel from f_min to f_max)."""
+    low, high = (2595.0 * math.log10(1.0 + hz / 700.0) for hz in (spec.f_min, spec.f_max))
+    edges = torch.linspace(low, high, spec.n_mels + 2, dtype=torch.float64)
+    return 700.0 * (10.0 ** (edges[1:-1] / 2595.0) - 1.0)
+
+
 @functools.lru_cache(maxsize=8)
 def _inverse_mel(spec: SpectrogramSpec) -> InverseMelScale:
     return InverseMelScale(

@@ -94,11 +94,11 @@ class Judge:
         return cls(config["class_ids"], config["class_names"], heads, features, record)
 
 
-def fit_judge(shards: Path, index: Path, raw_dir: Path, resolutions: list[str], inception: Inception,
-              sound: SoundEmbedding) -> Judge:
+def fit_judge(shards: Path, index: Path, raw_dir: Path, resolutions: list[str], inception: Inception) -> Judge:
     splits = {split: split_waveforms(split, shards, index, raw_dir, mix_domain=None)  # single clips: one class each
               for split in ("train", "val", "test")}
     spec: SpectrogramSpec = splits["train"]["spec"]
+    sound = SoundEmbedding(spec.sample_rate)
     # the training geometry always: VAE reconstructions, long and in-painted clips are read there
     resolutions = list(dict.fromkeys([format_resolution(spec.image_size, spec.image_size), *resolutions]))
     train_rows = read_single_clips("train", ["target", "target_name"], shards)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import re
 import shutil
 import sys
@@ -19,7 +18,7 @@ from pathlib import Path
 import torch
 
 from pipeline.errors import PipelineError
-from pipeline.files import write_json
+from pipeline.files import is_finite_number, write_json
 from pipeline.models.tensorstate import StateError, load_state, save_state
 
 CHECKPOINT_RECORD = "checkpoint.json"
@@ -122,7 +121,7 @@ def record_problem(record: dict, folder: int, steps: int) -> str | None:
         return f"step {step} is not the folder's ({folder})"
     if not 0 < step <= steps:
         return f"step {step} is outside this run's 1..{steps}"
-    if not isinstance(loss, (int, float)) or isinstance(loss, bool) or not math.isfinite(loss):
+    if not is_finite_number(loss):
         return f"loss is {loss!r}, not a finite number"
     if not isinstance(history, list) or not all(isinstance(row, dict) for row in history):
         return "history is not a list of log rows"

@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from cleanfid.fid import frechet_distance as _frechet_distance
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -64,12 +63,6 @@ def as_clips(grey: torch.Tensor, spec: SpectrogramSpec) -> torch.Tensor:
     """Read each uint8 image as one clip (``n_frames`` frames), whatever its width: references
     and samples at a geometry then pass through exactly the same steps."""
     return image_to_log_mel(grey, spec, n_frames=spec.n_frames)
-
-
-def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
-    """Frechet distance between the Gaussians fitted to two sets of features (rows)."""
-    return float(_frechet_distance(a.mean(axis=0), np.cov(a, rowvar=False),
-                                   b.mean(axis=0), np.cov(b, rowvar=False)))
 
 
 def accuracy(hits: np.ndarray) -> float:

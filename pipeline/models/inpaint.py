@@ -22,8 +22,9 @@ import numpy as np
 import torch
 from diffusers import StableDiffusionInpaintPipeline
 
-from pipeline.audio.spectrogram import SpectrogramSpec, image_to_log_mel, log_mel_to_grey
+from pipeline.audio.spectrogram import SpectrogramSpec, image_to_log_mel, log_mel_to_grey, mel_band_centres
 from pipeline.errors import PipelineError
+from pipeline.models.diffusion import pm1_to_uint8_grey, uint8_to_pm1
 
 LATENT_SCALE = 8  # pixels per latent cell, as in every Stable Diffusion VAE
 
@@ -53,8 +54,8 @@ def _draw(inpaint, prompt: str, known: torch.Tensor, keep: torch.Tensor, steps: 
 @torch.no_grad()
 def decode(pipe, latents: torch.Tensor) -> np.ndarray:
     """Scaled latents -> a uint8 grey image ``(H, W)``: the colour channels' mean, as for every sample."""
-    image = pipe.vae.decode(latents.to(pipe.vae.device) / pipe.vae.config.scaling_factor).sample[0]
-    return ((image.float().mean(dim=0) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
+    image = pipe.vae.decode(latents.to(pipe.vae.device) / pipe.vae.config.scaling_factor).sample
+    return pm1_to_uint8_grey(image.cpu())[0]
 
 
 @dataclass(frozen=True)
@@ -120,20 +121,11 @@ def band_rows(low_hz: float | None, high_hz: float | None, spec: SpectrogramSpec
         raise RegionError(f"the band {low:g}-{high:g} Hz must lie within 0-{nyquist:g} Hz (Nyquist)")
     if not low < high:
         raise RegionError(f"the band {low:g}-{high:g} Hz is empty: --low-hz must be below --high-hz")
-    edges = np.linspace(_hz_to_mel(spec.f_min), _hz_to_mel(spec.f_max), spec.n_mels + 2)
-    centres = _mel_to_hz(edges[1:-1])
+    centres = mel_band_centres(spec).numpy()
     rows = (centres >= low) & (centres <= high)
     if not rows.any():
         raise RegionError(f"the band {low:g}-{high:g} Hz holds no mel band centre; widen it")
     return rows
-
-
-def _hz_to_mel(hz):  # the HTK scale, as torchaudio's MelSpectrogram uses by default
-    return 2595.0 * np.log10(1.0 + np.asarray(hz) / 700.0)
-
-
-def _mel_to_hz(mel):
-    return 700.0 * (10.0 ** (np.asarray(mel) / 2595.0) - 1.0)
 
 
 def region_mask(log_mel_frames: int, start: float, end: float, low_hz: float | None, high_hz: float | None,
@@ -160,7 +152,7 @@ def inpaint_log_mel(pipe, log_mel: torch.Tensor, mask: np.ndarray, prompt: str, 
     padded_frames = round(width * spec.n_frames / spec.image_size)
     padded = torch.nn.functional.pad(log_mel, (0, padded_frames - frames), value=spec.min_db)
     grey = log_mel_to_grey(padded, spec, spec.image_size, width)
-    image = torch.from_numpy(grey.numpy().astype(np.float32) / 127.5 - 1.0).expand(1, 3, -1, -1)
+    image = uint8_to_pm1(grey[None])
     vae = pipe.vae
     known = vae.encode(image.to(vae.device)).latent_dist.mean.cpu() * vae.config.scaling_factor
     # the mask in image pixels (flipped: low frequencies at the bottom), then in latent cells:

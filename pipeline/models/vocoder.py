@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from vocos.heads import ISTFTHead
 from vocos.models import VocosBackbone
 
@@ -38,7 +37,7 @@ from pipeline.audio.spectrogram import (
     waveform_to_log_mel,
 )
 from pipeline.errors import ModelError
-from pipeline.files import atomic_path
+from pipeline.files import atomic_path, is_finite_number
 from pipeline.params import VOCODER_LIMITS
 
 VOCODERS = ("griffin_lim", "neural")
@@ -121,14 +120,14 @@ def load_vocoder(directory: Path | str, spec: SpectrogramSpec | None = None) -> 
     unreadable = f"{directory / WEIGHTS}: unreadable or not the architecture {CONFIG} describes"
     with torch.device("meta"):  # shapes only: a config of absurd size allocates nothing
         expected = {k: tuple(v.shape) for k, v in NeuralVocoder(trained_for, shape).state_dict().items()}
-    try:
+    try:  # one handle: the shapes are read before any tensor, the tensors only if they fit
         with safe_open(directory / WEIGHTS, "pt") as weights:
             found = {k: tuple(weights.get_slice(k).get_shape()) for k in weights.keys()}
+            tensors = {k: weights.get_tensor(k) for k in weights.keys()} if found == expected else None
     except (OSError, SafetensorError) as error:
         raise ModelError(f"{unreadable} ({error}); run `dvc repro train_vocoder`") from None
-    if found != expected:
+    if tensors is None:
         raise ModelError(f"{unreadable} (its tensors differ); run `dvc repro train_vocoder`")
-    tensors = load_file(directory / WEIGHTS)
     broken = sorted(k for k, v in tensors.items() if not torch.isfinite(v).all())
     if broken:
         raise ModelError(f"{directory / WEIGHTS}: {broken[0]} holds NaN or infinite weights; "
@@ -159,9 +158,7 @@ def chosen_vocoder(directory: Path) -> str:
     """The vocoder that scored better on the validation clips when ``directory`` was trained."""
     validation = read_vocoder_config(directory).get("validation")
     scores = [validation.get(name) if isinstance(validation, dict) else None for name in VOCODERS]
-    if not all(isinstance(score, dict) and isinstance(score.get("mel_l1_db"), (int, float))
-               and not isinstance(score["mel_l1_db"], bool) and math.isfinite(score["mel_l1_db"])
-               for score in scores):
+    if not all(isinstance(score, dict) and is_finite_number(score.get("mel_l1_db")) for score in scores):
         raise ModelError(f"{directory / CONFIG} records no usable validation scores to choose a vocoder "
                          f"by (a finite mel_l1_db for each of {', '.join(VOCODERS)}); name one "
                          "(griffin_lim or neural), or run `dvc repro train_vocoder`")

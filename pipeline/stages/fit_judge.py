@@ -12,9 +12,8 @@ import argparse
 import sys
 
 from pipeline import params as params_module
-from pipeline.audio.shards import read_spec, shard_files
 from pipeline.errors import stage_main
-from pipeline.evaluation.extractors import Inception, SoundEmbedding
+from pipeline.evaluation.extractors import Inception
 from pipeline.evaluation.references import fit_judge
 from pipeline.files import write_json
 from pipeline.paths import JUDGE_DIR, METRICS_DIR, RAW_DIR, SHARDS_DIR, SUBSET_DIR
@@ -29,10 +28,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     params = params_module.load(args.params)
     config = params.evaluate
-    spec = read_spec(shard_files("train", SHARDS_DIR)[0])
     judge = fit_judge(SHARDS_DIR, SUBSET_DIR / "index.parquet", RAW_DIR, list(params.sample.resolutions),
-                      Inception.from_params(config.inception_weights, config.inception_sha256, config.batch_size),
-                      SoundEmbedding(spec.sample_rate))
+                      Inception.from_params(config.inception_weights, config.inception_sha256, config.batch_size))
     judge.save(JUDGE_DIR)
     write_json(REPORT, judge.record)
     print(f"fit_judge: {judge.record['heads_fit']}", file=sys.stderr)

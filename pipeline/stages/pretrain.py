@@ -39,6 +39,7 @@ from pipeline.models.diffusion import (
 )
 from pipeline.params import Params
 from pipeline.paths import PRETRAINED_DIR, TIMINGS_DIR
+from pipeline.training.vae import scale_to_unit_variance, vae_step
 
 METRICS = Path("metrics/pretrain.json")
 
@@ -93,19 +94,12 @@ def random_crops(photos, size: int, count: int, rng: np.random.Generator):
 
 
 def train_vae(vae, photos, config: params_module.PretrainParams, rng: np.random.Generator) -> float:
-    """L1 reconstruction plus a small KL term, as SD's autoencoder (without its GAN loss)."""
     optimizer = torch.optim.AdamW(vae.parameters(), lr=config.learning_rate)
     vae.train()
     loss = torch.tensor(float("nan"))
     for _ in tqdm(range(config.vae_steps), desc="pretrain vae", unit="step", file=sys.stderr):
         crops, _ = random_crops(photos, config.crop_size, config.batch_size, rng)
-        images = uint8_to_pm1(crops)
-        posterior = vae.encode(images).latent_dist
-        reconstruction = vae.decode(posterior.sample()).sample
-        loss = (reconstruction - images).abs().mean() + config.kl_weight * posterior.kl().mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+        loss = vae_step(vae, optimizer, uint8_to_pm1(crops), config.kl_weight)
     return loss.item()
 
 
@@ -131,12 +125,10 @@ def pretrain_tiny(params: Params, out_dir: Path) -> dict:
     started = time.perf_counter()
     vae_loss = train_vae(vae, photos, config, rng)
 
-    # Scale latents to unit variance, as SD's 0.18215 does for its VAE.
     crops, captions = random_crops(photos, image_size, max(256, 4 * config.batch_size), rng)
     vae.register_to_config(scaling_factor=1.0)
     latents = encode_latents(vae, crops)
-    vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
-    latents = latents * vae.config.scaling_factor
+    latents = latents * scale_to_unit_variance(vae, latents)
 
     pipe = assemble(vae, unet, tokenizer, text_encoder, noise_scheduler())
     states = caption_embeddings(pipe, captions)

@@ -39,9 +39,10 @@ from pipeline import params as params_module
 from pipeline.audio.shards import read_single_clips, read_spec, read_split, shard_files
 from pipeline.audio.spectrogram import log_mel_to_grey
 from pipeline.errors import stage_main
+from pipeline.evaluation.scores import frechet
 from pipeline.files import atomic_path, write_json
 from pipeline.models.checkpoints import checkpoints
-from pipeline.models.evaluator import Evaluator, accuracy, as_clips, frechet_distance
+from pipeline.models.evaluator import Evaluator, accuracy, as_clips
 from pipeline.models.generate import generate_images, image_to_audio, load_generator, save_png, save_wav
 from pipeline.models.inpaint import LATENT_SCALE, decode, inpaint_log_mel, long_latents, plan_windows, region_mask
 from pipeline.models.vocoder import Vocode, vocoder_for
@@ -73,6 +74,13 @@ def class_prompts(shards: Path) -> list[dict]:
     return sorted(prompts.values(), key=lambda p: p["class_name"])
 
 
+# The seed plan, in one place: each set draws from sample.seed plus its own offset, so no two
+# sets share noise (the reported sets: plan(prompts, n, sample.seed)).
+VALIDATION_SEED = 1_000_000_007  # the guidance scale's choice on the validation clips
+EXTRA_SEED = 2_000_000_011  # long out-painted clips: + 1000 x prompt
+INPAINT_SEED = 3_000_000_019  # in-painted test clips: + their index
+
+
 def plan(prompts: list[dict], per_class: int, seed: int) -> list[dict]:
     """Every sample of a set with its own seed (class and index, not batch position)."""
     return [dict(p, index=k, seed=seed * 1_000_003 + c * 1_000 + k,
@@ -82,7 +90,6 @@ def plan(prompts: list[dict], per_class: int, seed: int) -> list[dict]:
 
 GUIDANCE_METRICS = METRICS_DIR / "guidance.json"
 VALIDATION_PER_CLASS = 1  # samples per class and candidate scale when choosing the guidance
-VALIDATION_SEED = 1_000_000_007  # added to sample.seed: the choice draws seeds no reported set uses
 
 
 def choose_guidance(pipe, prompts: list[dict], config: SampleParams, spec, evaluator: Evaluator,
@@ -98,7 +105,7 @@ def choose_guidance(pipe, prompts: list[dict], config: SampleParams, spec, evalu
         images = generate_images(pipe, [r["prompt"] for r in rows], [r["seed"] for r in rows],
                                  spec.image_size, spec.image_size, config.steps, scale, config.batch_size)
         clips = as_clips(torch.from_numpy(images), spec)
-        scores[str(scale)] = {"fd_val": frechet_distance(evaluator.embed(clips), real),
+        scores[str(scale)] = {"fd_val": frechet(evaluator.embed(clips), real, 0, 0).value,
                               "accuracy_val": accuracy(evaluator.recognised(clips, [r["class_id"] for r in rows]))}
         progress.update(len(rows))
     chosen = min(config.guidance_scales, key=lambda scale: scores[str(scale)]["fd_val"])
@@ -107,7 +114,6 @@ def choose_guidance(pipe, prompts: list[dict], config: SampleParams, spec, evalu
 
 INPAINT_REGION = (3.0, 7.0)  # seconds of each test clip drawn again
 INPAINT_EVERY = 3  # every third single-clip test row
-INPAINT_SEED = 3_000_000_019  # added to sample.seed: seeds no other set uses (long clips: EXTRA_SEED)
 
 
 def inpaint_set(pipe, prompts: list[dict], config: SampleParams, guidance: float, spec, shards: Path,
@@ -147,7 +153,6 @@ def inpaint_set(pipe, prompts: list[dict], config: SampleParams, guidance: float
 
 LONGFORM_PLOT = METRICS_DIR / "longform.png"
 LONGFORM_OVERLAP = 2.5
-EXTRA_SEED = 2_000_000_011  # added to sample.seed: seeds no other set uses
 
 
 def longform_set(pipe, prompts: list[dict], config: SampleParams, guidance: float, spec, out_dir: Path,

@@ -17,9 +17,7 @@ resumed from a checkpoint reaches the same weights as one that never stopped.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -31,10 +29,10 @@ from tqdm import tqdm
 from pipeline import params as params_module
 from pipeline.audio.spectrogram import SpectrogramSpec, waveform_to_log_mel
 from pipeline.audio.waveforms import split_waveforms
-from pipeline.errors import PipelineError, stage_main
+from pipeline.errors import stage_main
 from pipeline.files import write_json
 from pipeline.models import advice_when_out_of_memory, compute_device
-from pipeline.models.checkpoints import latest_checkpoint, load_optimizer, restoring, save_checkpoint
+from pipeline.models.checkpoints import load_optimizer
 from pipeline.models.vocoder import (
     NeuralVocoder,
     VocoderShape,
@@ -46,14 +44,9 @@ from pipeline.models.vocoder import (
 )
 from pipeline.params import Params, VocoderParams
 from pipeline.paths import METRICS_DIR, RAW_DIR, SHARDS_DIR, SUBSET_DIR, VOCODER_CHECKPOINT_DIR, VOCODER_DIR
-from pipeline.provenance import code_digest
+from pipeline.training.resume import ResumableRun, TrainingError, run_fingerprint
 
 METRICS = METRICS_DIR / "vocoder.json"
-RESUME_IGNORES = ("checkpoint_every", "keep_checkpoints", "log_every")
-
-
-class VocoderTrainingError(PipelineError, RuntimeError):
-    """Vocoder training cannot go on; the message says why."""
 
 
 def crops(step: int, waveforms: torch.Tensor, log_mels: torch.Tensor, config: VocoderParams,
@@ -79,11 +72,8 @@ def vocoder_loss(vocoder: NeuralVocoder, mels: torch.Tensor, audio: torch.Tensor
 def fingerprint(params: Params, waveforms: torch.Tensor, spec: SpectrogramSpec) -> str:
     """What a checkpoint must share with this run to be resumed from: settings, spec, the
     training audio itself and the code."""
-    config = {k: v for k, v in params.to_dict()["vocoder"].items() if k not in RESUME_IGNORES}
-    digest = hashlib.sha256(json.dumps([config, spec.__dict__], sort_keys=True, default=str).encode())
-    digest.update(code_digest("pipeline.stages.train_vocoder").encode())
-    digest.update(waveforms.numpy().tobytes())
-    return digest.hexdigest()[:16]
+    settings = params.to_dict()["vocoder"] | {"spec": spec.__dict__}
+    return run_fingerprint(settings, "pipeline.stages.train_vocoder", [waveforms.numpy().tobytes()])
 
 
 def compare_on_validation(vocoder: NeuralVocoder, validation: dict) -> dict:
@@ -103,9 +93,8 @@ def train_vocoder(params: Params, shards: Path = SHARDS_DIR, index: Path = SUBSE
     train = split_waveforms("train", shards, index, raw_dir, params.subset.mix_domain)
     spec = train["spec"]
     if not len(train["waveform"]):
-        raise VocoderTrainingError(f"no training rows with audio under {shards / 'train'}")
+        raise TrainingError(f"no training rows with audio under {shards / 'train'}")
     log_mels = waveform_to_log_mel(train["waveform"], spec)
-    run_fingerprint = fingerprint(params, train["waveform"], spec)
 
     device = compute_device()
     torch.manual_seed(config.seed)
@@ -113,47 +102,40 @@ def train_vocoder(params: Params, shards: Path = SHARDS_DIR, index: Path = SUBSE
     vocoder.to(device)
     optimizer = torch.optim.AdamW(vocoder.parameters(), lr=config.learning_rate, betas=(0.8, 0.9))
     schedule = get_scheduler("cosine", optimizer, num_warmup_steps=0, num_training_steps=config.steps)
-    step, history = 0, []
-    resumed = latest_checkpoint(checkpoint_dir, run_fingerprint, config.steps)
-    if resumed is not None:
-        path, record, state = resumed
-        with restoring(path):
-            vocoder.load_state_dict(state["vocoder"])
-            load_optimizer(optimizer, state["optimizer"])
-            schedule.load_state_dict(state["scheduler"])
-        step, history = record["step"], record["history"]
-        print(f"resuming from {path} (step {step})", file=sys.stderr)
-    start_step = step
+    run = ResumableRun(checkpoint_dir, fingerprint(params, train["waveform"], spec), config.steps,
+                       config.checkpoint_every, config.keep_checkpoints)
+
+    def load(state: dict) -> None:
+        vocoder.load_state_dict(state["vocoder"])
+        load_optimizer(optimizer, state["optimizer"])
+        schedule.load_state_dict(state["scheduler"])
+    run.restore(load)
 
     vocoder.train()
+    history = run.progress.history
     with advice_when_out_of_memory(f"at vocoder.batch_size={config.batch_size} and "
                                    f"vocoder.crop_frames={config.crop_frames}, lower either"):
-        for step in tqdm(range(start_step, config.steps), initial=start_step, total=config.steps,
+        for step in tqdm(range(run.start_step, config.steps), initial=run.start_step, total=config.steps,
                          desc="train vocoder", unit="step", file=sys.stderr):
             mels, audio = crops(step, train["waveform"], log_mels, config, spec)
             loss = vocoder_loss(vocoder, mels.to(device), audio.to(device), config.mel_weight)
-            if not math.isfinite(loss.item()):
-                raise VocoderTrainingError(f"loss became {loss.item()} at step {step + 1}; try a lower "
-                                           "vocoder.learning_rate")
+            run.record(step + 1, loss.item(), "Try a lower vocoder.learning_rate.")
             optimizer.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(vocoder.parameters(), 1.0)
             optimizer.step()
             schedule.step()
-            done = step + 1
-            if done % config.log_every == 0 or done == config.steps:
-                history.append({"step": done, "loss": loss.item()})
-            if done % config.checkpoint_every == 0 or done == config.steps:
-                record = {"step": done, "fingerprint": run_fingerprint, "loss": loss.item(), "history": history}
-                state = {"vocoder": vocoder.state_dict(), "optimizer": optimizer.state_dict(),
-                         "scheduler": schedule.state_dict()}
-                save_checkpoint(checkpoint_dir, record, state, None, config.keep_checkpoints)
+            if run.due(config.log_every):
+                history.append({"step": step + 1, "loss": loss.item()})
+            if run.due():
+                run.save({"vocoder": vocoder.state_dict(), "optimizer": optimizer.state_dict(),
+                          "scheduler": schedule.state_dict()})
     vocoder.cpu().eval()  # scored and saved as generate and evaluate use it
 
     validation = split_waveforms("val", shards, index, raw_dir, params.subset.mix_domain)
     scores = compare_on_validation(vocoder, validation)
     vocoder.save(out_dir, scores)
-    return {"steps": config.steps, "resumed_from_step": start_step, "training_clips": len(log_mels),
+    return {"steps": config.steps, "resumed_from_step": run.start_step, "training_clips": len(log_mels),
             "final_loss": history[-1]["loss"] if history else None, "history": history,
             "validation_clips": len(validation["log_mel"]), "validation": scores,
             "chosen": better_vocoder(scores)}
