@@ -40,6 +40,21 @@ def make_tiny_repo(path: Path) -> Path:
     return path
 
 
+def copy_repo(source: Path, target: Path) -> Path:
+    """A copy of a tiny repository, git history, DVC cache and outputs included."""
+    shutil.copytree(source, target, symlinks=True)
+    return target
+
+
+def dvc_status(repo: Path) -> set[str]:
+    """The stages ``dvc status`` reports changed, asked in this process: a ``dvc`` process per
+    question costs seconds of imports."""
+    from dvc.repo import Repo
+
+    with Repo(str(repo)) as dvc:
+        return set(dvc.status())
+
+
 def commit(path: Path, message: str, init: bool = False) -> None:
     if init:
         run(["git", "init", "-q", "-b", "main"], path)
@@ -49,13 +64,23 @@ def commit(path: Path, message: str, init: bool = False) -> None:
 
 # A test that uses one of these trains, reproduces a DAG or serves downloads: it belongs to
 # the full tier (`make test`), not the fast one a developer runs after each edit (`make test-fast`).
-SLOW_FIXTURES = {"tiny_base", "tiny_models", "tiny_judge", "repo", "media"}
+SLOW_FIXTURES = {"tiny_base", "tiny_models", "tiny_judge", "reproduced_repo", "media"}
 
 
 def pytest_collection_modifyitems(items):
     for item in items:
         if SLOW_FIXTURES & set(item.fixturenames):
             item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(scope="session")
+def reproduced_repo(tmp_path_factory):
+    """The tiny repository after one ``dvc repro``, its results committed: the DAG and sharing
+    tests each take a :func:`copy_repo` of it rather than reproducing it again."""
+    repo = make_tiny_repo(tmp_path_factory.mktemp("reproduced"))
+    run(["dvc", "repro"], repo)
+    commit(repo, "results")
+    return repo
 
 
 @pytest.fixture(scope="session")
