@@ -19,9 +19,9 @@ from pipeline.audio.shards import iter_batches, shard_files
 from pipeline.ontology import Ontology
 from pipeline.params import parse
 from pipeline.sources.manifest import read_manifest
+from pipeline.sources.subset import build_index, write_subset
 from pipeline.stages.acquire import acquire
 from pipeline.stages.render import render
-from pipeline.stages.subset import build_index, write_subset
 
 
 def main() -> None:

@@ -101,8 +101,8 @@ def tiny_params(**overrides):
 def build_subset(root, ontology, **overrides):
     """acquire (once per root) and subset into ``root/raw`` and ``root/subset``."""
     from pipeline.sources.manifest import read_manifest
+    from pipeline.sources.subset import build_index, write_subset
     from pipeline.stages.acquire import acquire
-    from pipeline.stages.subset import build_index, write_subset
 
     params = tiny_params(**overrides)
     if not (root / "raw" / "manifest.parquet").exists():

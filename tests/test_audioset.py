@@ -14,6 +14,7 @@ import yaml
 
 from pipeline.errors import AcquireError
 from pipeline.params import parse
+from pipeline.sources import audioset
 from pipeline.sources.audioset import clip_name, plan
 from pipeline.sources.download import classify, is_retryable
 from pipeline.sources.manifest import SCHEMA, read_manifest
@@ -162,22 +163,54 @@ def tone_copies(media, csv, prefix, count):
     return ytids, write_segments(csv, [(y, 10, 20, DIAL) for y in ytids])
 
 
-def test_cookies_proxy_and_pace_reach_the_requests(tmp_path, media, ontology):
+def test_cookies_proxy_and_pace_reach_the_requests(tmp_path, media, ontology, monkeypatch):
     ytids, csv = tone_copies(media, tmp_path / "s.csv", "pace", 3)
     cookies = tmp_path / "cookies.txt"
     cookies.write_text("# Netscape HTTP Cookie File\n127.0.0.1\tFALSE\t/\tFALSE\t0\tsession\tabc123\n")
+    paces = []
+
+    class RecordedPacer(audioset.Pacer):  # the run's clock, read where the loop asks it
+        def __init__(self, interval, clock=time.monotonic):
+            super().__init__(interval, clock)
+            self.starts = []
+            paces.append(self)
+
+        def started(self):
+            self.starts.append(self.clock())
+            super().started()
+
+    monkeypatch.setattr(audioset, "Pacer", RecordedPacer)
     with MediaServer(media) as server:
         proxy = server.url_template.split("/v/")[0]
         # the URL goes nowhere; only the proxy (the media server itself) can answer it
         params = audioset_params(csv, f"http://127.0.0.1:{free_port()}/v/{{ytid}}", workers=3,
-                                 cookies=str(cookies), proxy=proxy, sleep_seconds=2.0)
+                                 cookies=str(cookies), proxy=proxy, sleep_seconds=0.5)
         rows, _ = acquire(params, tmp_path / "raw", ontology)
     assert [r["status"] for r in rows] == ["ok"] * 3
     assert server.proxied > 0 and "session=abc123" in server.cookies
-    # three idle workers, yet one start every 2 s: 4 s from first to last, less what a worker's
-    # set-up (a yt-dlp process) may vary by, which reached 0.9 s on a busy 2-core machine
-    first, *_, last = sorted(server.first_request[y] for y in ytids)
-    assert last - first >= 2.5
+    # three idle workers, yet the loop started one every download.sleep_seconds
+    (pace,) = paces
+    assert pace.interval == 0.5 and len(pace.starts) == 3
+    assert all(later - earlier >= 0.5 for earlier, later in zip(pace.starts, pace.starts[1:]))
+
+
+def test_the_pacer_spaces_starts_and_holds_retries_until_due():
+    now = [100.0]
+    pace = audioset.Pacer(2.0, clock=lambda: now[0])
+    assert pace.may_start()
+    pace.started()
+    assert not pace.may_start()
+    now[0] += 1.9
+    assert not pace.may_start()
+    now[0] += 0.1
+    assert pace.may_start()
+    pace.retry_later("b", 5.0)
+    pace.retry_later("a", 1.0)
+    assert pace.due() == []
+    now[0] += 1.0
+    assert pace.due() == ["a"] and pace.waiting
+    now[0] += 4.0
+    assert pace.due() == ["b"] and not pace.waiting
 
 
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])

@@ -183,8 +183,8 @@ def test_a_replaced_recording_is_rendered_anew(tmp_path, ontology):
     """`dvc repro -f acquire` after replacing a recording: the new audio reaches the shards,
     though the clip keeps its id and path."""
     from pipeline.audio.shards import read_split
+    from pipeline.sources.subset import build_index, write_subset
     from pipeline.stages.render import render
-    from pipeline.stages.subset import build_index, write_subset
 
     folder = tmp_path / "audio"
     folder.mkdir()

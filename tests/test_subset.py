@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 
 from pipeline.params import SubsetParams
-from pipeline.stages.subset import build_index, choose_target, mixture_caption, pluralise
+from pipeline.sources.subset import build_index, choose_target, mixture_caption, pluralise
 
 
 def manifest(rows):

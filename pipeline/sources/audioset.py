@@ -14,6 +14,7 @@ import shutil
 import sys
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -177,6 +178,33 @@ def read_previous(manifest: Path) -> dict[str, dict]:
     return {r["id"]: r for r in rows if r["source"] == SOURCE}
 
 
+class Pacer:
+    """When downloads may start: at least ``interval`` seconds apart over all workers (one
+    address's rate limit), and retries only once their backoff has passed. Time comes from
+    ``clock``, so that tests can pace a run without waiting for it."""
+
+    def __init__(self, interval: float, clock: Callable[[], float] = time.monotonic):
+        self.interval, self.clock = interval, clock
+        self.next_start = clock()
+        self.waiting: list[tuple[float, str]] = []  # (time to retry at, id), soonest first
+
+    def may_start(self) -> bool:
+        return self.clock() >= self.next_start
+
+    def started(self) -> None:
+        self.next_start = self.clock() + self.interval
+
+    def retry_later(self, key: str, delay: float) -> None:
+        heapq.heappush(self.waiting, (self.clock() + delay, key))
+
+    def due(self) -> list[str]:
+        """The retries whose time has come, soonest first."""
+        now, ready = self.clock(), []
+        while self.waiting and self.waiting[0][0] <= now:
+            ready.append(heapq.heappop(self.waiting)[1])
+        return ready
+
+
 def download(rows: list[dict], raw_dir: Path, manifest: Path, settings: DownloadSettings,
              options: DownloadParams) -> Counter:
     """Fetch every pending row, rewriting the manifest as it goes. Returns outcome counts."""
@@ -186,22 +214,20 @@ def download(rows: list[dict], raw_dir: Path, manifest: Path, settings: Download
         return outcomes
     by_id = {r["id"]: r for r in todo}
     tries: Counter[str] = Counter()
-    waiting: list[tuple[float, str]] = []  # (monotonic time to retry at, id)
+    pace = Pacer(options.sleep_seconds)
     streak = 0  # failed attempts in a row of a GIVE_UP_KINDS kind
-    next_start = last_write = time.monotonic()
+    last_write = time.monotonic()
     bar = tqdm(total=len(todo), desc="acquire audioset", unit="clip", file=sys.stderr)
     try:
         with WorkerPool("pipeline.sources.download", settings.to_json(), min(options.workers, len(todo)),
                         options.timeout_seconds, Path(settings.work_dir)) as pool:
-            while todo or waiting or pool.busy:
-                now = time.monotonic()
-                while waiting and waiting[0][0] <= now:
-                    todo.append(by_id[heapq.heappop(waiting)[1]])
-                while todo and pool.idle and now >= next_start:
+            while todo or pace.waiting or pool.busy:
+                todo.extend(by_id[key] for key in pace.due())
+                while todo and pool.idle and pace.may_start():
                     row = todo.popleft()
                     pool.submit(asdict(Section(row["id"], row["origin"], row["start_seconds"],
                                                row["end_seconds"], Path(row["path"]).name)))
-                    next_start = now + options.sleep_seconds
+                    pace.started()
                 for task, reply, lost in pool.wait(timeout=0.2):
                     row = by_id[task["id"]]
                     row["attempts"] += 1
@@ -219,7 +245,7 @@ def download(rows: list[dict], raw_dir: Path, manifest: Path, settings: Download
                     elif is_retryable(kind) and tries[row["id"]] <= options.retries:
                         row.update(error_kind=kind, error=message, updated_at=stamp)
                         delay = options.backoff_seconds * 2 ** (tries[row["id"]] - 1)
-                        heapq.heappush(waiting, (time.monotonic() + delay, row["id"]))
+                        pace.retry_later(row["id"], delay)
                         continue
                     else:
                         mark_failed(row, kind, message, stamp)
