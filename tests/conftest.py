@@ -1,3 +1,4 @@
+import contextlib
 import os
 import shutil
 import subprocess
@@ -51,7 +52,7 @@ def dvc_status(repo: Path) -> set[str]:
     question costs seconds of imports."""
     from dvc.repo import Repo
 
-    with Repo(str(repo)) as dvc:
+    with contextlib.chdir(repo), Repo(".") as dvc:  # from inside, stages are named as the CLI names them
         return set(dvc.status())
 
 
