@@ -56,6 +56,11 @@ def dvc_status(repo: Path) -> set[str]:
         return set(dvc.status())
 
 
+def stages_ran(output: str) -> set[str]:
+    """The stages a ``dvc repro`` output says it ran."""
+    return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
+
+
 def commit(path: Path, message: str, init: bool = False) -> None:
     if init:
         run(["git", "init", "-q", "-b", "main"], path)

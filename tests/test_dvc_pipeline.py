@@ -14,7 +14,7 @@ from pipeline.audio.spectrogram import waveform_to_log_mel
 from pipeline.params import Params
 from pipeline.sources.manifest import read_manifest
 
-from conftest import ROOT, copy_repo, dvc_status, run
+from conftest import ROOT, copy_repo, dvc_status, run, stages_ran
 
 
 @pytest.fixture
@@ -118,8 +118,7 @@ def test_dvc_repro_runs_the_dag_and_invalidates_precisely(repo):
 
 def repro(repo, *targets):
     """Stages `dvc repro [targets]` runs."""
-    output = run(["dvc", "repro", *targets], repo)
-    return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
+    return stages_ran(run(["dvc", "repro", *targets], repo))
 
 
 def set_param(repo, group, key, value):
