@@ -18,6 +18,7 @@ $(STAMP): pyproject.toml requirements-judges.txt
 	touch $(STAMP)
 
 run: $(STAMP)
+	python -m pipeline.params  # every section at once: a typo in evaluate.* is not found an hour in
 	dvc repro
 
 test: $(STAMP)

@@ -33,20 +33,32 @@ def module_file(module: str) -> Path | None:
 
 
 def _imports(path: Path) -> set[str]:
-    """Names of the pipeline modules ``path`` may import, and their packages."""
+    """Names of the pipeline modules ``path`` may import, and their packages. Imports under
+    ``if TYPE_CHECKING:`` are left out: that code never runs."""
     names = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    pending = list(ast.parse(path.read_text(), str(path)).body)
+    while pending:
+        node = pending.pop()
+        if isinstance(node, ast.If) and _is_type_checking(node.test):
+            pending += node.orelse
+            continue
         if isinstance(node, ast.Import):
             names |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             names.add(node.module)
             names |= {f"{node.module}.{alias.name}" for alias in node.names}
+        pending += ast.iter_child_nodes(node)
     found = set()
     for name in names:
         parts = name.split(".")
         # importing pipeline.a.b runs pipeline/__init__.py and pipeline/a/__init__.py first
         found |= {".".join(parts[:i]) for i in range(1, len(parts) + 1)}
     return {name for name in found if module_file(name) is not None}
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
 
 
 @functools.cache

@@ -78,9 +78,10 @@ def test_dvc_repro_runs_the_dag_and_invalidates_precisely(repo):
     generate.write_text(original)
     # generation that scoring does not run (the test clips are in-painted in sample), and
     # scoring that no generation runs
-    # and narrow: a training helper stales only what trains with it
+    # and narrow: a section's validation, or a training helper, stales only what runs it
     for module, stages in (("models/inpaint.py", {"sample"}), ("evaluation/scores.py", {"sample", "evaluate"}),
                            ("evaluation/extractors.py", {"fit_judge", "evaluate"}),
+                           ("config/train.py", {"train"}), ("config/source.py", {"acquire"}),
                            ("training/resume.py", {"train", "train_vocoder"})):
         path = repo / "pipeline" / module
         original = path.read_text()

@@ -161,3 +161,45 @@ def test_a_profile_extends_another(tmp_path, monkeypatch):
     (tmp_path / "c.yaml").write_text("extends: nowhere\n")
     with pytest.raises(ParamsError, match="unknown profile 'nowhere'"):
         profile("c")
+
+
+def test_a_stage_validates_the_sections_it_reads_and_no_other(tmp_path):
+    from pipeline.config.core import SECTION_NAMES, load_sections
+    from pipeline.config.spectrogram import SpectrogramParams
+    from pipeline.config.subset import SubsetParams
+    from pipeline.config.train import TrainParams
+    from pipeline.config.vocoder import VocoderParams
+    from pipeline.params import Params
+
+    assert SECTION_NAMES == tuple(Params().to_dict())
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump({"train": {"steps": 0}, "subset": {"mixtures": 3}}))
+    subset_only = load_sections(path, subset=SubsetParams)
+    assert subset_only.subset.mixtures == 3 and subset_only.to_dict() == {"subset": {**SubsetParams().__dict__,
+                                                                                     "mixtures": 3}}
+    with pytest.raises(AttributeError, match="did not load the params section 'train'"):
+        _ = subset_only.train
+    with pytest.raises(ParamsError, match="train.steps: must be at least 1"):
+        load_sections(path, subset=SubsetParams, train=TrainParams)
+    path.write_text(yaml.safe_dump({"trian": {"steps": 3}}))  # a section name misspelt: every stage says so
+    with pytest.raises(ParamsError, match="trian: unknown key; known keys here: download, evaluate"):
+        load_sections(path, subset=SubsetParams)
+    # a check across sections runs where both are loaded
+    path.write_text(yaml.safe_dump({"vocoder": {"n_fft": 200}}))
+    assert load_sections(path, vocoder=VocoderParams).vocoder.n_fft == 200
+    with pytest.raises(ParamsError, match="vocoder.n_fft: must exceed spectrogram.vocoder_hop_length=250"):
+        load_sections(path, vocoder=VocoderParams, spectrogram=SpectrogramParams)
+    with pytest.raises(ParamsError, match="vocoder.n_fft: must exceed"):
+        load(path)
+
+
+def test_python_m_pipeline_params_checks_every_section(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"evaluate": {"bootstrap": 5}}))
+    done = subprocess.run([sys.executable, "-m", "pipeline.params"], cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode != 0 and "evaluate.bootstrap: must be within [20, 100000]" in done.stderr
+    (tmp_path / "params.yaml").write_text(render_profile("default"))
+    done = subprocess.run([sys.executable, "-m", "pipeline.params"], cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0 and "every section valid" in done.stderr

@@ -58,3 +58,41 @@ def test_the_code_digest_changes_with_any_file_of_the_closure(monkeypatch, tmp_p
     finally:
         provenance.closure.cache_clear()
         provenance.code_digest.cache_clear()
+
+
+STAGE_MODULES = {name: stage_module(stage)
+                 for name, stage in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"].items()}
+
+
+def stages_running(path: str) -> set[str]:
+    return {name for name, module in STAGE_MODULES.items() if path in {repo_relative(p) for p in closure(module)}}
+
+
+def test_a_sections_validation_reruns_only_the_stages_that_read_it():
+    """Narrow invalidation: an edit to how one section is checked makes only its readers
+    stale (DVC then reruns what their outputs feed)."""
+    assert stages_running("pipeline/config/source.py") == {"acquire"}
+    assert stages_running("pipeline/config/train.py") == {"train"}
+    assert stages_running("pipeline/config/evaluator.py") == {"train_evaluator"}
+    assert stages_running("pipeline/config/subset.py") == {"subset", "render", "train_vocoder"}
+    assert stages_running("pipeline/params.py") == set()  # all sections together: the CLI's and the tests'
+    assert stages_running("pipeline/config/core.py") == set(STAGE_MODULES)
+
+
+def test_a_training_library_edit_reruns_the_stages_that_train_with_it():
+    assert stages_running("pipeline/training/resume.py") == {"train", "train_vocoder"}
+    assert stages_running("pipeline/training/vae.py") == {"pretrain", "train"}
+    assert stages_running("pipeline/training/ema.py") == {"train"}
+
+
+def test_imports_only_a_type_checker_reads_are_not_code_that_runs(tmp_path):
+    from pipeline.provenance import _imports
+
+    module = tmp_path / "m.py"
+    module.write_text("from typing import TYPE_CHECKING\nimport pipeline.files\n"
+                      "if TYPE_CHECKING:\n    from pipeline.config.train import TrainParams\n"
+                      "else:\n    import pipeline.paths\n"
+                      "def f():\n    from pipeline.ontology import Ontology\n")
+    found = _imports(module)
+    assert {"pipeline.files", "pipeline.paths", "pipeline.ontology"} <= found
+    assert "pipeline.config.train" not in found

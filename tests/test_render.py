@@ -119,7 +119,7 @@ def test_resume_after_a_kill_redoes_only_unfinished_shards(tmp_path, ontology):
 
 @pytest.mark.slow
 def test_shards_of_an_older_layout_are_rewritten(tmp_path, ontology, monkeypatch):
-    import pipeline.stages.render
+    import pipeline.audio.shard_writer
     from pipeline.audio.shards import shard_schema
 
     params = build_subset(tmp_path, ontology)
@@ -130,7 +130,7 @@ def test_shards_of_an_older_layout_are_rewritten(tmp_path, ontology, monkeypatch
         index = schema.get_field_index("image")
         return schema.set(index, schema.field(index).with_nullable(False))
 
-    monkeypatch.setattr(pipeline.stages.render, "shard_schema", other_layout)
+    monkeypatch.setattr(pipeline.audio.shard_writer, "shard_schema", other_layout)
     assert render_into(tmp_path, params)["shards_reused"] == 0
 
 
@@ -209,11 +209,11 @@ def test_a_damaged_shard_is_rendered_again(tmp_path, ontology):
 
 @pytest.mark.slow
 def test_changed_render_code_rerenders_everything(tmp_path, ontology, monkeypatch):
-    import pipeline.stages.render
+    import pipeline.audio.shard_writer
 
     params = build_subset(tmp_path, ontology)
     render_into(tmp_path, params)
-    monkeypatch.setattr(pipeline.stages.render, "code_digest", lambda module: "edited render code")
+    monkeypatch.setattr(pipeline.audio.shard_writer, "code_digest", lambda module: "edited render code")
     assert render_into(tmp_path, params)["shards_reused"] == 0
 
 

@@ -23,11 +23,11 @@ from tqdm import tqdm
 from pipeline.audio.shards import read_single_clips
 from pipeline.audio.spectrogram import SpectrogramSpec, log_mel_to_grey
 from pipeline.audio.waveforms import split_waveforms
+from pipeline.config.spectrogram import format_resolution, parse_resolution
 from pipeline.errors import ModelError
 from pipeline.evaluation.extractors import Inception, SoundEmbedding, clip_features
 from pipeline.evaluation.judge import LinearJudge, fit_on_validation
 from pipeline.files import atomic_path, write_json
-from pipeline.params import format_resolution, parse_resolution
 
 TENSORS = "judge.safetensors"
 CONFIG = "judge.json"

@@ -17,6 +17,8 @@ from tqdm import tqdm
 from pipeline.audio.shards import read_single_clips
 from pipeline.audio.spectrogram import SpectrogramSpec, image_to_log_mel, log_mel_to_grey
 from pipeline.audio.waveforms import split_waveforms
+from pipeline.config.core import Sections
+from pipeline.config.spectrogram import format_resolution, parse_resolution
 from pipeline.errors import ModelError
 from pipeline.evaluation.extractors import Inception, SoundEmbedding, clip_features
 from pipeline.evaluation.references import Judge
@@ -27,7 +29,6 @@ from pipeline.models import compute_device
 from pipeline.models.diffusion import reconstruct
 from pipeline.models.generate import image_to_audio
 from pipeline.models.vocoder import VOCODERS, Vocode, resynthesis_scores, vocoder_for
-from pipeline.params import Params, format_resolution, parse_resolution
 from pipeline.paths import (
     FINETUNED_DIR,
     INPAINTED,
@@ -191,7 +192,7 @@ def inpaint_scores(scorer: Scorer, folder: Path, shards: Path) -> None:
     scorer.mean("inpaint.outside_mae_db", outside)
 
 
-def evaluate(params: Params, shards: Path = SHARDS_DIR, samples: Path = SAMPLES_DIR, judge_dir: Path = JUDGE_DIR,
+def evaluate(params: Sections, shards: Path = SHARDS_DIR, samples: Path = SAMPLES_DIR, judge_dir: Path = JUDGE_DIR,
              out_dir: Path = METRICS_DIR, finetuned: Path = FINETUNED_DIR, vocoder_dir: Path = VOCODER_DIR,
              index: Path = SUBSET_DIR / "index.parquet", raw_dir: Path = RAW_DIR,
              timings_dir: Path = TIMINGS_DIR) -> dict:

@@ -17,13 +17,13 @@ from tqdm import tqdm
 
 from pipeline.audio.shards import read_single_clips, read_split
 from pipeline.audio.spectrogram import log_mel_to_grey
+from pipeline.config.sample import SampleParams
 from pipeline.evaluation.scores import frechet
 from pipeline.files import atomic_path
 from pipeline.models.evaluator import Evaluator, accuracy, as_clips
 from pipeline.models.generate import generate_images, image_to_audio, save_png, save_wav
 from pipeline.models.inpaint import LATENT_SCALE, decode, inpaint_log_mel, long_latents, plan_windows, region_mask
 from pipeline.models.vocoder import Vocode
-from pipeline.params import SampleParams
 from pipeline.paths import INPAINTED, METRICS_DIR
 
 

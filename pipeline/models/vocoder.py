@@ -36,9 +36,9 @@ from pipeline.audio.spectrogram import (
     log_mel_to_waveform,
     waveform_to_log_mel,
 )
+from pipeline.config.vocoder import VOCODER_LIMITS
 from pipeline.errors import ModelError
 from pipeline.files import atomic_path, is_finite_number
-from pipeline.params import VOCODER_LIMITS
 
 VOCODERS = ("griffin_lim", "neural")
 WEIGHTS = "vocoder.safetensors"

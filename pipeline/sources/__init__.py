@@ -1,1 +1,2 @@
-"""Where clips come from (synthetic, AudioSet, local recordings), and the manifest they all write."""
+"""Where clips come from (synthetic, AudioSet, local recordings), the manifest they all write, and
+the balanced subset of it that the pipeline trains and scores on."""

@@ -23,9 +23,9 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
+from pipeline.config.source import DownloadParams, SourceParams
 from pipeline.errors import AcquireError
 from pipeline.ontology import Ontology, OntologyError
-from pipeline.params import DownloadParams, SourceParams
 from pipeline.sources.clips import ClipRules
 from pipeline.sources.download import DownloadSettings, Section, is_retryable
 from pipeline.sources.ffmpeg_binary import FfmpegMissing, ffmpeg_executable

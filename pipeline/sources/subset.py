@@ -19,9 +19,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.config.subset import SubsetParams
 from pipeline.files import atomic_path, write_json
 from pipeline.ontology import Ontology
-from pipeline.params import SubsetParams
 
 INDEX_SCHEMA = pa.schema([
     pa.field("id", pa.string(), nullable=False),

@@ -18,10 +18,12 @@ import numpy as np
 from scipy.signal import fftconvolve
 from tqdm import tqdm
 
+from pipeline.config.core import Sections
+from pipeline.config.source import SourceParams
+from pipeline.config.spectrogram import spectrogram_spec
 from pipeline.errors import AcquireError
 from pipeline.files import write_flac
 from pipeline.ontology import Ontology
-from pipeline.params import Params, SourceParams
 from pipeline.sources.manifest import CLIPS_SUBDIR, mark_ok, new_row
 
 Recipe = Callable[[np.random.Generator, np.ndarray, int], np.ndarray]
@@ -419,8 +421,8 @@ def plan_synthetic(source: SourceParams, ontology: Ontology) -> list[SyntheticCl
     return clips
 
 
-def acquire_synthetic(params: Params, raw_dir: Path, ontology: Ontology) -> list[dict]:
-    spec = params.spec
+def acquire_synthetic(params: Sections, raw_dir: Path, ontology: Ontology) -> list[dict]:
+    spec = spectrogram_spec(params.spectrogram, params.render)
     clips_dir = raw_dir / CLIPS_SUBDIR
     rows = []
     for clip in tqdm(plan_synthetic(params.source, ontology), desc="acquire synthetic",

@@ -14,11 +14,12 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from pipeline import params as params_module
+from pipeline.config.core import PARAMS_YAML, Sections, load_sections
+from pipeline.config.source import DownloadParams, SourceParams
+from pipeline.config.spectrogram import RenderParams, SpectrogramParams, spectrogram_spec
 from pipeline.errors import stage_main
 from pipeline.files import remove_partials
 from pipeline.ontology import Ontology
-from pipeline.params import Params
 from pipeline.paths import RAW_DIR
 from pipeline.sources.audioset import acquire_audioset
 from pipeline.sources.clips import ClipRules
@@ -36,12 +37,13 @@ def _remove_strays(clips_dir: Path, keep: set[str]) -> None:
             path.unlink()
 
 
-def clip_rules(params: Params) -> ClipRules:
-    return ClipRules(params.spec.sample_rate, params.spec.clip_seconds, params.source.short_clips,
+def clip_rules(params: Sections) -> ClipRules:
+    spec = spectrogram_spec(params.spectrogram, params.render)
+    return ClipRules(spec.sample_rate, spec.clip_seconds, params.source.short_clips,
                      params.source.long_clips, params.source.min_rms_db)
 
 
-def acquire(params: Params, raw_dir: Path = RAW_DIR, ontology: Ontology | None = None,
+def acquire(params: Sections, raw_dir: Path = RAW_DIR, ontology: Ontology | None = None,
             retry_failed: bool = False) -> tuple[list[dict], list[str]]:
     """Write the clips and the manifest; returns the rows and notes for :func:`summary`."""
     ontology = ontology or Ontology.load()
@@ -93,16 +95,17 @@ def summary(rows: list[dict], ontology: Ontology, notes: list[str] = ()) -> str:
 @stage_main("acquire")
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default=str(params_module.PARAMS_YAML))
+    parser.add_argument("--params", default=str(PARAMS_YAML))
     parser.add_argument("--out", default=str(RAW_DIR), help="folder for clips/ and manifest.parquet")
     parser.add_argument("--retry-failed", action="store_true",
                         help="audioset: try permanent failures (removed, private...) again too")
     args = parser.parse_args(argv)
+    params = load_sections(args.params, source=SourceParams, download=DownloadParams,
+                           spectrogram=SpectrogramParams, render=RenderParams)
     ontology = Ontology.load()
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop as cleanly as on Ctrl-C
     try:
-        rows, notes = acquire(params_module.load(args.params), Path(args.out), ontology,
-                              args.retry_failed)
+        rows, notes = acquire(params, Path(args.out), ontology, args.retry_failed)
     except KeyboardInterrupt:
         print("acquire: interrupted; the manifest records every finished clip, and the next "
               "run continues from there", file=sys.stderr)

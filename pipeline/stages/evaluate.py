@@ -27,7 +27,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pipeline import params as params_module
+from pipeline.config.core import PARAMS_YAML, load_sections
+from pipeline.config.evaluate import EvaluateParams
+from pipeline.config.sample import SampleParams
 from pipeline.errors import stage_main
 from pipeline.evaluation.scoring import evaluate
 from pipeline.paths import METRICS_DIR
@@ -36,9 +38,9 @@ from pipeline.paths import METRICS_DIR
 @stage_main("evaluate")
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default=str(params_module.PARAMS_YAML))
+    parser.add_argument("--params", default=str(PARAMS_YAML))
     args = parser.parse_args(argv)
-    evaluate(params_module.load(args.params))
+    evaluate(load_sections(args.params, evaluate=EvaluateParams, sample=SampleParams))
     print((METRICS_DIR / "table.md").read_text(), file=sys.stderr)
 
 

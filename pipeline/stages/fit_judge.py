@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pipeline import params as params_module
+from pipeline.config.core import PARAMS_YAML, load_sections
+from pipeline.config.evaluate import EvaluateParams
+from pipeline.config.sample import SampleParams
 from pipeline.errors import stage_main
 from pipeline.evaluation.extractors import Inception
 from pipeline.evaluation.references import fit_judge
@@ -24,9 +26,9 @@ REPORT = METRICS_DIR / "judge.json"
 @stage_main("fit_judge")
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default=str(params_module.PARAMS_YAML))
+    parser.add_argument("--params", default=str(PARAMS_YAML))
     args = parser.parse_args(argv)
-    params = params_module.load(args.params)
+    params = load_sections(args.params, evaluate=EvaluateParams, sample=SampleParams)
     config = params.evaluate
     judge = fit_judge(SHARDS_DIR, SUBSET_DIR / "index.parquet", RAW_DIR, list(params.sample.resolutions),
                       Inception.from_params(config.inception_weights, config.inception_sha256, config.batch_size))

@@ -20,7 +20,9 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from pipeline import params as params_module
+from pipeline.config.core import PARAMS_YAML, Sections, load_sections
+from pipeline.config.model import ModelParams, PretrainParams
+from pipeline.config.spectrogram import RenderParams
 from pipeline.errors import stage_main
 from pipeline.files import write_json
 from pipeline.models import advice_when_out_of_memory
@@ -37,7 +39,6 @@ from pipeline.models.diffusion import (
     save_pipeline,
     uint8_to_pm1,
 )
-from pipeline.params import Params
 from pipeline.paths import PRETRAINED_DIR, TIMINGS_DIR
 from pipeline.training.vae import scale_to_unit_variance, vae_step
 
@@ -93,7 +94,7 @@ def random_crops(photos, size: int, count: int, rng: np.random.Generator):
     return np.stack(crops), captions
 
 
-def train_vae(vae, photos, config: params_module.PretrainParams, rng: np.random.Generator) -> float:
+def train_vae(vae, photos, config: PretrainParams, rng: np.random.Generator) -> float:
     optimizer = torch.optim.AdamW(vae.parameters(), lr=config.learning_rate)
     vae.train()
     loss = torch.tensor(float("nan"))
@@ -112,7 +113,7 @@ def encode_latents(vae, images: np.ndarray, batch_size: int = 32) -> torch.Tenso
     return torch.cat(chunks) * vae.config.scaling_factor
 
 
-def pretrain_tiny(params: Params, out_dir: Path) -> dict:
+def pretrain_tiny(params: Sections, out_dir: Path) -> dict:
     config, model = params.pretrain, params.model
     image_size = params.render.image_size
     torch.manual_seed(config.seed)
@@ -153,7 +154,7 @@ def pretrain_tiny(params: Params, out_dir: Path) -> dict:
             "timings": {"wall_seconds": time.perf_counter() - started}}
 
 
-def pretrain(params: Params, out_dir: Path = PRETRAINED_DIR) -> dict:
+def pretrain(params: Sections, out_dir: Path = PRETRAINED_DIR) -> dict:
     if params.model.base == TINY:
         config = params.pretrain
         with advice_when_out_of_memory(f"at pretrain.batch_size={config.batch_size} and "
@@ -166,10 +167,11 @@ def pretrain(params: Params, out_dir: Path = PRETRAINED_DIR) -> dict:
 @stage_main("pretrain")
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default=str(params_module.PARAMS_YAML))
+    parser.add_argument("--params", default=str(PARAMS_YAML))
     parser.add_argument("--out", default=str(PRETRAINED_DIR))
     args = parser.parse_args(argv)
-    summary = pretrain(params_module.load(args.params), Path(args.out))
+    summary = pretrain(load_sections(args.params, model=ModelParams, pretrain=PretrainParams, render=RenderParams),
+                       Path(args.out))
     write_json(TIMINGS_DIR / "pretrain.json", summary.pop("timings", {}))
     write_json(METRICS, summary)
     print(json.dumps(summary, indent=2), file=sys.stderr)

@@ -30,8 +30,10 @@ from pathlib import Path
 from diffusers import UNet2DConditionModel
 from tqdm import tqdm
 
-from pipeline import params as params_module
 from pipeline.audio.shards import read_single_clips, read_spec, shard_files
+from pipeline.config.core import PARAMS_YAML, Sections, load_sections
+from pipeline.config.sample import SampleParams
+from pipeline.config.spectrogram import SpectrogramParams, format_resolution, parse_resolution
 from pipeline.errors import stage_main
 from pipeline.files import write_json
 from pipeline.models.checkpoints import checkpoints
@@ -49,11 +51,10 @@ from pipeline.models.sample_sets import (
     sample_set,
 )
 from pipeline.models.vocoder import vocoder_for
-from pipeline.params import Params, format_resolution, parse_resolution
 from pipeline.paths import CHECKPOINT_DIR, EVALUATOR_DIR, MODELS, SAMPLES_DIR, SHARDS_DIR, VOCODER_DIR
 
 
-def sample(params: Params, shards: Path = SHARDS_DIR, out_dir: Path = SAMPLES_DIR,
+def sample(params: Sections, shards: Path = SHARDS_DIR, out_dir: Path = SAMPLES_DIR,
            models: dict[str, Path] = MODELS, checkpoint_dir: Path = CHECKPOINT_DIR,
            evaluator_dir: Path = EVALUATOR_DIR, guidance_file: Path = GUIDANCE_METRICS,
            vocoder_dir: Path = VOCODER_DIR, plot_file: Path = LONGFORM_PLOT) -> dict:
@@ -98,9 +99,9 @@ def sample(params: Params, shards: Path = SHARDS_DIR, out_dir: Path = SAMPLES_DI
 @stage_main("sample")
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default=str(params_module.PARAMS_YAML))
+    parser.add_argument("--params", default=str(PARAMS_YAML))
     args = parser.parse_args(argv)
-    sample(params_module.load(args.params))
+    sample(load_sections(args.params, sample=SampleParams, spectrogram=SpectrogramParams))
 
 
 if __name__ == "__main__":

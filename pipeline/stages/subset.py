@@ -11,7 +11,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from pipeline import params as params_module
+from pipeline.config.core import PARAMS_YAML, load_sections
+from pipeline.config.subset import SubsetParams
 from pipeline.errors import stage_main
 from pipeline.ontology import Ontology
 from pipeline.paths import MANIFEST, SUBSET_DIR
@@ -22,11 +23,11 @@ from pipeline.sources.subset import build_index, format_report, write_subset
 @stage_main("subset")
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default=str(params_module.PARAMS_YAML))
+    parser.add_argument("--params", default=str(PARAMS_YAML))
     parser.add_argument("--manifest", default=str(MANIFEST))
     parser.add_argument("--out", default=str(SUBSET_DIR))
     args = parser.parse_args(argv)
-    config = params_module.load(args.params).subset
+    config = load_sections(args.params, subset=SubsetParams).subset
     table, report = build_index(read_manifest(args.manifest), config, Ontology.load())
     write_subset(table, report, Path(args.out))
     print(format_report(report), file=sys.stderr)

@@ -25,8 +25,9 @@ import torch
 from diffusers.optimization import get_scheduler
 from tqdm import tqdm
 
-from pipeline import params as params_module
 from pipeline.audio.shards import read_spec, read_split, shard_files
+from pipeline.config.core import PARAMS_YAML, Sections, load_sections
+from pipeline.config.train import TrainParams
 from pipeline.errors import stage_main
 from pipeline.files import sha256_file, write_json
 from pipeline.models import advice_when_out_of_memory
@@ -38,7 +39,6 @@ from pipeline.models.diffusion import (
     write_spec,
     zero_terminal_snr,
 )
-from pipeline.params import Params, TrainParams
 from pipeline.paths import CHECKPOINT_DIR, FINETUNED_DIR, PRETRAINED_DIR, SHARDS_DIR, TIMINGS_DIR
 from pipeline.training.ema import EMA, with_ema
 from pipeline.training.latents import TrainingSet, encode_training_set
@@ -49,7 +49,7 @@ METRICS = Path("metrics/train.json")
 LIVE_DIR = Path("metrics/train")
 
 
-def fingerprint(params: Params, shards: Path, base: Path, num_processes: int) -> str:
+def fingerprint(params: Sections, shards: Path, base: Path, num_processes: int) -> str:
     """What a checkpoint must share with this run to be resumed from: the settings (with the
     micro-batches per optimiser step across all processes in place of the accumulation), the
     bytes of the training shards and of the base model, and the training code (changed
@@ -130,7 +130,7 @@ def log_step(live, row: dict) -> None:
             live.log_metric(key, value)
 
 
-def train(params: Params, shards: Path = SHARDS_DIR, base: Path = PRETRAINED_DIR,
+def train(params: Sections, shards: Path = SHARDS_DIR, base: Path = PRETRAINED_DIR,
           out_dir: Path = FINETUNED_DIR, checkpoint_dir: Path = CHECKPOINT_DIR,
           live_dir: Path = LIVE_DIR) -> dict:
     from accelerate import Accelerator
@@ -224,11 +224,11 @@ def train_step(step: int, unet, optimizer, scheduler, data: TrainingSet, noise_s
 @stage_main("train")
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default=str(params_module.PARAMS_YAML))
+    parser.add_argument("--params", default=str(PARAMS_YAML))
     args = parser.parse_args(argv)
     from accelerate import PartialState
 
-    report = train(params_module.load(args.params))
+    report = train(load_sections(args.params, train=TrainParams))
     if PartialState().is_main_process:  # one process writes, under `accelerate launch`
         # which step a run resumed from is how it ran, not what it made: not a tracked metric
         write_json(TIMINGS_DIR / "train.json",

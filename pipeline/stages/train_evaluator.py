@@ -14,8 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import params as params_module
 from pipeline.audio.shards import read_single_clips, read_spec, shard_files
+from pipeline.config.core import PARAMS_YAML, Sections, load_sections
+from pipeline.config.evaluator import EvaluatorParams
 from pipeline.errors import stage_main
 from pipeline.files import write_json
 from pipeline.models import advice_when_out_of_memory
@@ -26,7 +27,7 @@ METRICS = Path("metrics/evaluator.json")
 COLUMNS = ["log_mel", "target", "target_name"]
 
 
-def train_evaluator(params: params_module.Params, shards: Path = SHARDS_DIR,
+def train_evaluator(params: Sections, shards: Path = SHARDS_DIR,
                     out_dir: Path = EVALUATOR_DIR) -> dict:
     config = params.evaluator
     spec = read_spec(shard_files("train", shards)[0])
@@ -51,9 +52,9 @@ def train_evaluator(params: params_module.Params, shards: Path = SHARDS_DIR,
 @stage_main("train_evaluator")
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default=str(params_module.PARAMS_YAML))
+    parser.add_argument("--params", default=str(PARAMS_YAML))
     args = parser.parse_args(argv)
-    report = train_evaluator(params_module.load(args.params))
+    report = train_evaluator(load_sections(args.params, evaluator=EvaluatorParams))
     write_json(METRICS, report)
     print(json.dumps(report, indent=2), file=sys.stderr)
 

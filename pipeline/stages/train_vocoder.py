@@ -26,9 +26,12 @@ import torch
 from diffusers.optimization import get_scheduler
 from tqdm import tqdm
 
-from pipeline import params as params_module
 from pipeline.audio.spectrogram import SpectrogramSpec, waveform_to_log_mel
 from pipeline.audio.waveforms import split_waveforms
+from pipeline.config.core import PARAMS_YAML, Sections, load_sections
+from pipeline.config.spectrogram import SpectrogramParams
+from pipeline.config.subset import SubsetParams
+from pipeline.config.vocoder import VocoderParams
 from pipeline.errors import stage_main
 from pipeline.files import write_json
 from pipeline.models import advice_when_out_of_memory, compute_device
@@ -42,7 +45,6 @@ from pipeline.models.vocoder import (
     resynthesis_scores,
     stft_distance,
 )
-from pipeline.params import Params, VocoderParams
 from pipeline.paths import METRICS_DIR, RAW_DIR, SHARDS_DIR, SUBSET_DIR, VOCODER_CHECKPOINT_DIR, VOCODER_DIR
 from pipeline.training.resume import ResumableRun, TrainingError, run_fingerprint
 
@@ -69,7 +71,7 @@ def vocoder_loss(vocoder: NeuralVocoder, mels: torch.Tensor, audio: torch.Tensor
     return stft_distance(generated, audio) + mel_weight * mel_error
 
 
-def fingerprint(params: Params, waveforms: torch.Tensor, spec: SpectrogramSpec) -> str:
+def fingerprint(params: Sections, waveforms: torch.Tensor, spec: SpectrogramSpec) -> str:
     """What a checkpoint must share with this run to be resumed from: settings, spec, the
     training audio itself and the code."""
     settings = params.to_dict()["vocoder"] | {"spec": spec.__dict__}
@@ -86,7 +88,7 @@ def compare_on_validation(vocoder: NeuralVocoder, validation: dict) -> dict:
     return {name: {key: float(run[key].mean()) for key in ("mel_l1_db", "mrstft")} for name, run in scores.items()}
 
 
-def train_vocoder(params: Params, shards: Path = SHARDS_DIR, index: Path = SUBSET_DIR / "index.parquet",
+def train_vocoder(params: Sections, shards: Path = SHARDS_DIR, index: Path = SUBSET_DIR / "index.parquet",
                   raw_dir: Path = RAW_DIR, out_dir: Path = VOCODER_DIR,
                   checkpoint_dir: Path = VOCODER_CHECKPOINT_DIR) -> dict:
     config = params.vocoder
@@ -144,9 +146,10 @@ def train_vocoder(params: Params, shards: Path = SHARDS_DIR, index: Path = SUBSE
 @stage_main("train_vocoder")
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default=str(params_module.PARAMS_YAML))
+    parser.add_argument("--params", default=str(PARAMS_YAML))
     args = parser.parse_args(argv)
-    report = train_vocoder(params_module.load(args.params))
+    report = train_vocoder(load_sections(args.params, vocoder=VocoderParams, subset=SubsetParams,
+                                                 spectrogram=SpectrogramParams))
     # the log is in the checkpoints; the step resumed from is how it ran, not what it made
     write_json(METRICS, {k: v for k, v in report.items() if k not in ("history", "resumed_from_step")})
     print(json.dumps(report["validation"], indent=2), file=sys.stderr)

@@ -11,8 +11,8 @@ import torch
 from tqdm import tqdm
 
 from pipeline.audio.shards import iter_batches, shard_files
+from pipeline.config.train import TrainParams
 from pipeline.models.diffusion import caption_embeddings, uint8_to_pm1
-from pipeline.params import TrainParams
 from pipeline.training.order import micro_batch_generator, micro_batch_rows
 from pipeline.training.resume import TrainingError
 from pipeline.training.vae import scale_to_unit_variance

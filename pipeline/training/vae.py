@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -12,8 +13,10 @@ from tqdm import tqdm
 
 from pipeline.audio.spectrogram import SpectrogramSpec, image_to_log_mel
 from pipeline.models.diffusion import reconstruct, uint8_to_pm1
-from pipeline.params import TrainParams
 from pipeline.training.order import micro_batch_generator, micro_batch_rows
+
+if TYPE_CHECKING:  # a type only: pretrain runs this module without train's parameters
+    from pipeline.config.train import TrainParams
 
 
 def vae_step(vae, optimizer, images: torch.Tensor, kl_weight: float,
