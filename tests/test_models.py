@@ -15,6 +15,7 @@ from pipeline.models.checkpoints import CheckpointError, checkpoints
 from pipeline.models.diffusion import ModelError, drop_captions, load_pipeline, materialise_base, uint8_to_pm1
 from pipeline.stages import train as train_module
 from pipeline.stages.train import train
+from pipeline.training import unet as unet_training
 from pipeline.training.latents import cache_posteriors
 from pipeline.training.order import micro_batch_rows
 from pipeline.training.resume import TrainingError
@@ -87,7 +88,7 @@ def test_resume_after_a_kill_reaches_the_same_weights(tmp_path, tiny_shards, tin
     run_train(tmp_path / "straight", shards, tiny_base)
 
     calls = {"n": 0}
-    real_loss = train_module.diffusion_training_loss
+    real_loss = unet_training.diffusion_training_loss
 
     def dies_at_step_five(*args, **kwargs):
         calls["n"] += 1
@@ -95,11 +96,11 @@ def test_resume_after_a_kill_reaches_the_same_weights(tmp_path, tiny_shards, tin
             raise KeyboardInterrupt("killed")
         return real_loss(*args, **kwargs)
 
-    monkeypatch.setattr(train_module, "diffusion_training_loss", dies_at_step_five)
+    monkeypatch.setattr(unet_training, "diffusion_training_loss", dies_at_step_five)
     with pytest.raises(KeyboardInterrupt):
         run_train(tmp_path / "killed", shards, tiny_base)
     assert not (tmp_path / "killed" / "finetuned").exists()
-    monkeypatch.setattr(train_module, "diffusion_training_loss", real_loss)
+    monkeypatch.setattr(unet_training, "diffusion_training_loss", real_loss)
     _, report = run_train(tmp_path / "killed", shards, tiny_base)
     assert report["resumed_from_step"] == 4
     straight = unet_weights(tmp_path / "straight" / "finetuned")
@@ -125,7 +126,7 @@ def test_vae_fine_tuning_learns_to_draw_spectrograms(tmp_path, tiny_shards, tiny
 
 def test_nan_loss_stops_with_the_last_good_checkpoint(tmp_path, tiny_shards, tiny_base, monkeypatch):
     shards, _ = tiny_shards
-    real_loss = train_module.diffusion_training_loss
+    real_loss = unet_training.diffusion_training_loss
     calls = {"n": 0}
 
     def nan_at_step_three(*args, **kwargs):
@@ -133,7 +134,7 @@ def test_nan_loss_stops_with_the_last_good_checkpoint(tmp_path, tiny_shards, tin
         loss = real_loss(*args, **kwargs)
         return loss * float("nan") if calls["n"] == 3 else loss
 
-    monkeypatch.setattr(train_module, "diffusion_training_loss", nan_at_step_three)
+    monkeypatch.setattr(unet_training, "diffusion_training_loss", nan_at_step_three)
     with pytest.raises(TrainingError, match="loss became nan at step 3.*step-000002"):
         run_train(tmp_path, shards, tiny_base)
     assert (tmp_path / "checkpoints" / "step-000002" / "checkpoint.json").exists()
@@ -246,7 +247,7 @@ def test_running_out_of_cpu_memory_gets_advice(tmp_path, tiny_shards, tiny_base,
         raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't "
                            "allocate memory: you tried to allocate 8589934592 bytes. Error code 12")
 
-    monkeypatch.setattr(train_module, "diffusion_training_loss", no_memory)
+    monkeypatch.setattr(unet_training, "diffusion_training_loss", no_memory)
     with pytest.raises(OutOfMemory, match=r"out of memory: at train\.batch_size=4, lower train\.batch_size"):
         run_train(tmp_path, shards, tiny_base)
 

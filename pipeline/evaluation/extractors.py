@@ -140,7 +140,7 @@ class SoundEmbedding:
         network = EmbeddingNet("max", 3, 1, 64).eval()
         prefix = "embedding_net."
         network.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
-        self.network = for_inference(network)
+        self.network = fold_aisfx_batchnorm(network)
         bank = torchaudio.functional.melscale_fbanks(AISFX_FFT // 2 + 1, 0.0, AISFX_RATE / 2, AISFX_MELS,
                                                      AISFX_RATE, norm=None, mel_scale="htk")
         self.bank = bank / bank.sum(dim=0, keepdim=True).clamp_min(1e-12)
@@ -177,9 +177,10 @@ class SoundEmbedding:
         return np.concatenate(out) if out else np.zeros((0, 1, 512))
 
 
-def for_inference(network: torch.nn.Module) -> torch.nn.Module:
-    """An eval-mode CNN with each BatchNorm folded into the convolution before it, in the
-    channels-last layout: the same function to float rounding (~1e-5), 1.7x as fast on a CPU."""
+def fold_aisfx_batchnorm(network: torch.nn.Module) -> torch.nn.Module:
+    """aisfx's eval-mode CNN with each block's BatchNorm (its ``bn1``/``bn2`` after ``conv1``/
+    ``conv2``, the only pairs it has) folded into the convolution, in the channels-last layout:
+    the same function to float rounding (~1e-5), 1.4x as fast on a CPU."""
     for block in network.modules():
         for conv, norm in (("conv1", "bn1"), ("conv2", "bn2")):
             if isinstance(getattr(block, norm, None), torch.nn.BatchNorm2d):

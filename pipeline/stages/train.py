@@ -2,15 +2,13 @@
 
 :func:`train` reads top to bottom: load the base, adapt the VAE (fine-tune it on
 spectrograms), encode the training set once (a VAE posterior per image), start or resume the
-optimisation, then the diffusion loop (:func:`train_step` under accelerate; caption dropout
-for classifier-free guidance; EMA; checkpoints). No flips or crops touch the U-Net's images: they
-would reverse or cut time.
+optimisation, then the diffusion loop (:func:`~pipeline.training.unet.train_step` under
+accelerate; caption dropout for classifier-free guidance; EMA; checkpoints). No flips or crops
+touch the U-Net's images: they would reverse or cut time.
 
-Every random draw of micro-batch ``m`` (its rows, noise, timesteps, dropped captions)
-comes from ``(train.seed, m)`` alone, so a run resumed from a checkpoint reaches the same
-weights as one that never stopped. Under ``accelerate launch`` process ``r`` of ``P`` takes
-micro-batches ``m = k * P + r``: P processes with ``gradient_accumulation: G`` train what one
-process does with ``G * P``, and either resumes the other's checkpoints.
+A run resumed from a checkpoint reaches the same weights as one that never stopped, and P
+processes under ``accelerate launch`` train what one does with P times the accumulation
+(:mod:`pipeline.training.unet` says how); either resumes the other's checkpoints.
 """
 
 from __future__ import annotations
@@ -22,28 +20,20 @@ import time
 from pathlib import Path
 
 import torch
-from diffusers.optimization import get_scheduler
 from tqdm import tqdm
 
-from pipeline.audio.shards import read_spec, read_split, shard_files
+from pipeline.audio.shards import read_spec, shard_files
 from pipeline.config.core import PARAMS_YAML, Sections, load_sections
 from pipeline.config.train import TrainParams
 from pipeline.errors import stage_main
 from pipeline.files import sha256_file, write_json
 from pipeline.models import advice_when_out_of_memory
-from pipeline.models.checkpoints import load_optimizer
-from pipeline.models.diffusion import (
-    diffusion_training_loss,
-    load_pipeline,
-    save_pipeline,
-    write_spec,
-    zero_terminal_snr,
-)
+from pipeline.models.diffusion import save_pipeline, write_spec
 from pipeline.paths import CHECKPOINT_DIR, FINETUNED_DIR, PRETRAINED_DIR, SHARDS_DIR, TIMINGS_DIR
-from pipeline.training.ema import EMA, with_ema
-from pipeline.training.latents import TrainingSet, encode_training_set
+from pipeline.training.ema import with_ema
+from pipeline.training.latents import encode_training_set
 from pipeline.training.resume import ResumableRun, run_fingerprint
-from pipeline.training.vae import finetune_vae, vae_mae_db
+from pipeline.training.unet import adapt_vae, load_base, log_step, resolve_precision, start_optimisation, train_step
 
 METRICS = Path("metrics/train.json")
 LIVE_DIR = Path("metrics/train")
@@ -59,75 +49,6 @@ def fingerprint(params: Sections, shards: Path, base: Path, num_processes: int) 
     data = [f"{f.name}:{sha256_file(f)}\n" for f in shard_files("train", shards)]
     data += [f"{f.relative_to(base).as_posix()}:{sha256_file(f)}\n" for f in sorted(base.rglob("*")) if f.is_file()]
     return run_fingerprint(train, "pipeline.stages.train", data)
-
-
-def resolve_precision(requested: str) -> str:
-    if requested != "auto":
-        return requested
-    if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "no"
-
-
-def load_base(base: Path, config: TrainParams, device):
-    pipe = load_pipeline(base)
-    if config.zero_terminal_snr:
-        pipe.scheduler = zero_terminal_snr(pipe.scheduler)
-    pipe.vae.to(device)
-    if config.init == "scratch":
-        torch.manual_seed(config.seed)
-        pipe.unet = type(pipe.unet).from_config(pipe.unet.config)
-    return pipe
-
-
-def adapt_vae(vae, shards: Path, spec, config: TrainParams, run: ResumableRun, live, accelerator) -> dict:
-    """Fine-tune the VAE if asked (or take it from the checkpoint resumed from), and report
-    its reconstruction error on the validation spectrograms before and after."""
-    validation = read_split("val", ["image", "log_mel"], shards)
-    before = vae_mae_db(vae, validation["image"], validation["log_mel"], spec)
-    if config.finetune_vae:
-        if run.resumed is not None:
-            run.restore(lambda state: vae.load_state_dict(state["vae"]))
-        else:
-            def log(loss: float) -> None:  # dvclive rewrites its files at every step logged
-                live.log_metric("vae_finetune/loss", loss)
-                live.next_step()
-            finetune_vae(vae, read_split("train", ["image"], shards)["image"], config, accelerator.device,
-                         log if live else None)
-        if accelerator.num_processes > 1:  # every process encodes its latents with the main one's VAE
-            for tensor in vae.state_dict().values():
-                torch.distributed.broadcast(tensor, src=0)
-    vae.requires_grad_(False).eval()
-    # an untouched VAE reconstructs as it did: no second pass over the validation split
-    after = vae_mae_db(vae, validation["image"], validation["log_mel"], spec) if config.finetune_vae else before
-    return {"vae_val_mae_db_before": before, "vae_val_mae_db_after": after}
-
-
-def start_optimisation(unet, config: TrainParams, run: ResumableRun):
-    """AdamW, its learning-rate schedule and the EMA, fresh or as the checkpoint left them."""
-    if config.gradient_checkpointing:
-        unet.enable_gradient_checkpointing()
-    unet.train()
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=config.learning_rate)
-    scheduler = get_scheduler(config.lr_schedule, optimizer, num_warmup_steps=config.warmup_steps,
-                              num_training_steps=config.steps)
-    ema = EMA(unet, config.ema_decay) if config.ema else None
-
-    def load(state: dict) -> None:
-        unet.load_state_dict(state["unet"])
-        load_optimizer(optimizer, state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if ema is not None:
-            ema.restore(state["ema"])
-    run.restore(load)
-    return optimizer, scheduler, ema
-
-
-def log_step(live, row: dict) -> None:
-    live.step = row["step"]
-    for key, value in row.items():
-        if key != "step":
-            live.log_metric(key, value)
 
 
 def train(params: Sections, shards: Path = SHARDS_DIR, base: Path = PRETRAINED_DIR,
@@ -198,27 +119,6 @@ def train(params: Sections, shards: Path = SHARDS_DIR, base: Path = PRETRAINED_D
     report["timings"] = {"wall_seconds": wall, "steps_this_run": trained,
                          "samples_per_second": per_step * trained / wall if trained else None}
     return report
-
-
-def train_step(step: int, unet, optimizer, scheduler, data: TrainingSet, noise_schedule,
-               config: TrainParams, accelerator) -> torch.Tensor:
-    """One optimiser step over ``train.gradient_accumulation`` micro-batches per process;
-    returns the last micro-batch's loss."""
-    for micro in range(config.gradient_accumulation):
-        index = (step * config.gradient_accumulation + micro) * accelerator.num_processes \
-            + accelerator.process_index
-        latents, states, generator = data.micro_batch(index, config, accelerator.device)
-        with accelerator.accumulate(unet), accelerator.autocast():
-            loss = diffusion_training_loss(unet, noise_schedule, latents, states, data.unconditional,
-                                           config.caption_dropout, generator, config.noise_offset)
-            accelerator.backward(loss)
-            if accelerator.sync_gradients:
-                accelerator.clip_grad_norm_(unet.parameters(), config.max_grad_norm)
-            optimizer.step()
-            optimizer.zero_grad()
-    if not optimizer.step_was_skipped:  # fp16's scaler skips a step whose gradients overflowed
-        scheduler.step()
-    return loss
 
 
 @stage_main("train")

@@ -128,7 +128,7 @@ def train_vocoder(params: Sections, shards: Path = SHARDS_DIR, index: Path = SUB
             optimizer.step()
             schedule.step()
             if run.due(config.log_every):
-                history.append({"step": step + 1, "loss": loss.item()})
+                history.append({"step": step + 1, "loss": run.progress.loss})
             if run.due():
                 run.save({"vocoder": vocoder.state_dict(), "optimizer": optimizer.state_dict(),
                           "scheduler": schedule.state_dict()})

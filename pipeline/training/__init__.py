@@ -8,4 +8,6 @@
 * :mod:`~pipeline.training.ema`: the exponential moving average sampled from.
 * :mod:`~pipeline.training.resume`: one resumable run (fingerprint, checkpoint cadence and
   pruning, the non-finite loss guard, the checkpoint resumed from).
+* :mod:`~pipeline.training.unet`: the diffusion fine-tuning's parts (base, VAE adaptation,
+  optimiser state, one step under accelerate) that ``train`` calls in order.
 """
