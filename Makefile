@@ -8,6 +8,10 @@ export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: setup run test test-fast smoke rehearse bench
 
+# pytest-xdist workers for `make test`; each gets its share of the cores (tests/conftest.py) and a
+# test module stays on one worker. TEST_WORKERS=0 runs every test in one process.
+TEST_WORKERS ?= 2
+
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml requirements-judges.txt
@@ -23,7 +27,7 @@ run: $(STAMP)
 
 test: $(STAMP)
 	ruff check pipeline tests benchmarks
-	python -m pytest -q
+	python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
 
 # After each edit: everything not marked slow (no training, DAG or process-per-stage runs).
 test-fast: $(STAMP)

@@ -11,6 +11,14 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+# `make test` runs pytest-xdist workers: each takes its share of the cores (and the stage
+# processes it starts inherit it). OpenMP threads spin while they wait, so two workers of
+# one thread per core each would fight over every core; set before torch is imported.
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    WORKER_THREADS = max(1, len(os.sched_getaffinity(0)) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ.setdefault(variable, str(WORKER_THREADS))
+
 TINY_PROFILE = "tiny"  # configs/tiny.yaml: the whole DAG in seconds
 ROOT = Path(__file__).resolve().parent.parent
 REPO_FILES = ["dvc.yaml", "pyproject.toml", "requirements-judges.txt", "pipeline", "data/meta", "configs",
@@ -73,19 +81,43 @@ def commit(path: Path, message: str, init: bool = False) -> None:
 SLOW_FIXTURES = {"tiny_base", "tiny_models", "tiny_judge", "reproduced_repo", "media"}
 
 
+# `make test` hands modules to its workers in collection order: the module whose first test
+# reproduces the tiny repository first, the ones that copy or read it last, so that the
+# other worker has work of its own while it is reproduced.
+FIRST_MODULES, LAST_MODULES = ("test_dvc_pipeline",), ("test_sharing", "test_evaluate")
+
+
 def pytest_collection_modifyitems(items):
     for item in items:
         if SLOW_FIXTURES & set(item.fixturenames):
             item.add_marker(pytest.mark.slow)
+        # under `--dist loadgroup` a module's tests share one worker, so a module fixture
+        # (a trained model, a copied repository) is built once
+        item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+
+    def position(item):
+        name = item.module.__name__
+        return 0 if name in FIRST_MODULES else 2 if name in LAST_MODULES else 1
+    items.sort(key=position)  # stable: tests keep their order within a module
 
 
 @pytest.fixture(scope="session")
-def reproduced_repo(tmp_path_factory):
+def reproduced_repo(tmp_path_factory, worker_id):
     """The tiny repository after one ``dvc repro``, its results committed: the DAG and sharing
-    tests each take a :func:`copy_repo` of it rather than reproducing it again."""
-    repo = make_tiny_repo(tmp_path_factory.mktemp("reproduced"))
-    run(["dvc", "repro"], repo)
-    commit(repo, "results")
+    tests each take a :func:`copy_repo` of it rather than reproducing it again. Under
+    pytest-xdist the first worker to ask reproduces it and the others wait for that one."""
+    from filelock import FileLock  # dvc's own dependency
+
+    root = tmp_path_factory.getbasetemp()
+    if worker_id != "master":
+        root = root.parent  # this run's folder, shared by its workers
+    repo, done = root / "reproduced", root / "reproduced.done"
+    with FileLock(str(root / "reproduced.lock")):
+        if not done.exists():
+            make_tiny_repo(repo)
+            run(["dvc", "repro"], repo)
+            commit(repo, "results")
+            done.touch()
     return repo
 
 

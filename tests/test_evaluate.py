@@ -1,3 +1,4 @@
+import contextlib
 import dataclasses
 import json
 import shutil
@@ -15,10 +16,8 @@ from pipeline.evaluation.extractors import AISFX, INCEPTION
 from pipeline.evaluation.scoring import evaluate
 from pipeline.models.generate import SCHEDULERS, load_generator
 from pipeline.models.vocoder import VOCODERS
-from pipeline.params import SCHEDULER_NAMES
+from pipeline.params import SCHEDULER_NAMES, load
 from pipeline.stages.sample import sample
-
-from conftest import tiny_audio
 
 
 def test_scheduler_names_match_the_params_choices(tiny_base):
@@ -27,24 +26,20 @@ def test_scheduler_names_match_the_params_choices(tiny_base):
 
 
 @pytest.fixture(scope="module")
-def evaluated(tmp_path_factory, tiny_shards, tiny_models, tiny_judge):
-    shards, params = tiny_shards
-    root = tmp_path_factory.mktemp("evaluated")
-    models = {"pretrained": tiny_models["pretrained"], "finetuned": tiny_models["finetuned"]}
-    guidance = sample(params, shards, root / "samples", models, tiny_models["checkpoints"],
-                      tiny_models["evaluator"], root / "metrics" / "guidance.json", tiny_models["vocoder"],
-                      root / "metrics" / "longform.png")
-    _, index, raw = tiny_audio(shards)
-    metrics = evaluate(params, shards, root / "samples", tiny_judge, root / "metrics", tiny_models["finetuned"],
-                       tiny_models["vocoder"], index, raw, root / "timings")
-    return root, params, metrics, guidance
+def evaluated(reproduced_repo):
+    """What ``sample`` and ``evaluate`` wrote in the tiny repository ``dvc repro`` reproduced
+    (stage processes, as a user runs them): (repository, params, metrics, guidance)."""
+    metrics = json.loads((reproduced_repo / "metrics" / "metrics.json").read_text())
+    guidance = json.loads((reproduced_repo / "metrics" / "guidance.json").read_text())
+    return reproduced_repo, load(reproduced_repo / "params.yaml"), metrics, guidance
 
 
 def test_sample_writes_pngs_wavs_and_prompts(evaluated):
     root, params, _, _ = evaluated
+    samples = root / "data" / "samples"
     for model in ("pretrained", "finetuned"):
         for resolution in ("64x64", "64x400"):
-            folder = root / "samples" / model / resolution
+            folder = samples / model / resolution
             prompts = pd.read_csv(folder / "prompts.csv")
             assert len(prompts) == 4 * params.sample.per_class and prompts.seed.is_unique
             image = Image.open(folder / prompts.file.iloc[0])
@@ -53,37 +48,35 @@ def test_sample_writes_pngs_wavs_and_prompts(evaluated):
             assert len(wavs) == 4  # one per class
             info = sf.info(folder / wavs.iloc[0])
             assert info.samplerate == 16_000 and info.channels == 1
-    checkpoints = sorted(p.name for p in (root / "samples" / "checkpoints").iterdir())
+    checkpoints = sorted(p.name for p in (samples / "checkpoints").iterdir())
     assert checkpoints == ["step-000002", "step-000004", "step-000006"]
-    inpainted = pd.read_csv(root / "samples" / "inpaint" / "prompts.csv")
-    tensors = load_file(root / "samples" / "inpaint" / "inpainted.safetensors")
+    inpainted = pd.read_csv(samples / "inpaint" / "prompts.csv")
+    tensors = load_file(samples / "inpaint" / "inpainted.safetensors")
     assert len(inpainted) == len(tensors["log_mel"]) == len(tensors["mask"]) > 0
     assert (inpainted.class_id != inpainted.source_class_id).all()  # drawn for another class
-    longform = pd.read_csv(root / "samples" / "longform" / "prompts.csv")
+    longform = pd.read_csv(samples / "longform" / "prompts.csv")
     assert not set(inpainted.seed) & set(longform.seed)  # no two sets start from the same noise
 
 
-def test_the_guidance_scale_is_chosen_on_the_validation_split(evaluated, tmp_path, tiny_shards, tiny_models):
+def test_the_guidance_scale_is_chosen_on_the_validation_split(evaluated, tmp_path):
     root, params, _, guidance = evaluated
     assert len(params.sample.guidance_scales) > 1  # the tiny profile chooses, as the default does
-    assert json.loads((root / "metrics" / "guidance.json").read_text()) == guidance
     for model in ("pretrained", "finetuned"):
         candidates = guidance[model]["candidates"]
         assert set(candidates) == {str(g) for g in params.sample.guidance_scales}
         chosen = guidance[model]["guidance_scale"]
         assert candidates[str(chosen)]["fd_val"] == min(c["fd_val"] for c in candidates.values())
-        assert set(pd.read_csv(root / "samples" / model / "64x64" / "prompts.csv").guidance) == {chosen}
+        assert set(pd.read_csv(root / "data" / "samples" / model / "64x64" / "prompts.csv").guidance) == {chosen}
     # the test split plays no part: with other clips in it (the validation ones) the stage
     # chooses the same (it in-paints test clips, so it needs a test split, not its content)
-    shards, _ = tiny_shards
+    shards = root / "data" / "shards"
     shutil.copytree(shards, tmp_path / "shards", ignore=shutil.ignore_patterns("test"))
     shutil.copytree(shards / "val", tmp_path / "shards" / "test")
-    models = {"pretrained": tiny_models["pretrained"], "finetuned": tiny_models["finetuned"]}
     params = dataclasses.replace(params, sample=dataclasses.replace(params.sample, resolutions=("64x64",),
                                                                      checkpoint_per_class=0))
-    again = sample(params, tmp_path / "shards", tmp_path / "samples", models, tiny_models["checkpoints"],
-                   tiny_models["evaluator"], tmp_path / "guidance.json", tiny_models["vocoder"],
-                   tmp_path / "longform.png")
+    with contextlib.chdir(root):  # the repository's models, as the stage reads them
+        again = sample(params, tmp_path / "shards", tmp_path / "samples", guidance_file=tmp_path / "guidance.json",
+                       plot_file=tmp_path / "longform.png")
     assert again == guidance
 
 
@@ -98,7 +91,6 @@ def test_metrics_are_keyed_as_designed(evaluated):
     expected |= {f"vocoder.{v}.{name}" for v in VOCODERS for name in ("mel_l1_db", "mrstft", "accuracy")}
     expected |= {"longform.accuracy", "longform.seam_ratio", "inpaint.accuracy", "inpaint.outside_mae_db"}
     assert set(metrics) == expected  # no timing among them: those are in metrics/timings/
-    assert json.loads((root / "metrics" / "metrics.json").read_text()) == metrics
     intervals = json.loads((root / "metrics" / "intervals.json").read_text())
     assert set(intervals) == expected
     for key, value in metrics.items():
@@ -108,7 +100,7 @@ def test_metrics_are_keyed_as_designed(evaluated):
         if "accuracy" in key:
             assert 0.0 <= value <= 1.0
     # the sample stage's WAVs are scored under the plain names too: they are one vocoder's audio
-    written = pd.read_csv(root / "samples" / "finetuned" / "64x64" / "prompts.csv").vocoder.iloc[0]
+    written = pd.read_csv(root / "data" / "samples" / "finetuned" / "64x64" / "prompts.csv").vocoder.iloc[0]
     assert metrics["accuracy_audio.finetuned.64x64"] == metrics[f"vocoder.{written}.accuracy_audio.finetuned.64x64"]
     extractor = json.loads((root / "metrics" / "feature_extractor.json").read_text())
     assert extractor["image"]["name"].startswith("Inception-v3")
@@ -122,26 +114,25 @@ def test_metrics_are_keyed_as_designed(evaluated):
     curve = pd.read_csv(root / "metrics" / "fid_by_checkpoint.csv")
     assert list(curve.step) == [2, 4, 6] and curve.fid.notna().all() and curve.kid.notna().all()
     assert (root / "metrics" / "grids" / "finetuned_64x400.png").exists()
-    timings = json.loads((root / "timings" / "vocoder.json").read_text())
+    timings = json.loads((root / "metrics" / "timings" / "vocoder.json").read_text())
     assert set(timings) == set(VOCODERS) and all(t["real_time_factor"] > 0 for t in timings.values())
 
 
-def test_scores_do_not_depend_on_the_thread_count(evaluated, tiny_shards, tiny_models, tiny_judge, tmp_path):
-    """The same samples scored with 1 thread (torch and BLAS) as ``evaluated`` scored them with
-    2: a stand-in for another machine's kernels. Every score agrees to 1e-4 relative (the
-    accuracies exactly: the same predictions), but Griffin-Lim's, which stay in their interval."""
+def test_scores_do_not_depend_on_the_thread_count(evaluated, tmp_path):
+    """The same samples scored with another thread count (torch and BLAS) than the stage
+    process used, 1 or 2: a stand-in for another machine's kernels. Every score agrees to 1e-4
+    relative (the accuracies exactly: the same predictions), but Griffin-Lim's, which stay in
+    their interval."""
     from threadpoolctl import threadpool_limits
 
     root, params, metrics, _ = evaluated
-    shards, _ = tiny_shards
-    _, index, raw = tiny_audio(shards)
-    torch.set_num_threads(1)
+    threads = torch.get_num_threads()  # what the stage process had: the same environment
+    torch.set_num_threads(1 if threads > 1 else 2)
     try:
-        with threadpool_limits(1):
-            again = evaluate(params, shards, root / "samples", tiny_judge, tmp_path / "metrics",
-                             tiny_models["finetuned"], tiny_models["vocoder"], index, raw, tmp_path / "timings")
+        with threadpool_limits(torch.get_num_threads()), contextlib.chdir(root):
+            again = evaluate(params, out_dir=tmp_path / "metrics", timings_dir=tmp_path / "timings")
     finally:
-        torch.set_num_threads(2)
+        torch.set_num_threads(threads)
     assert set(again) == set(metrics)
     intervals = json.loads((root / "metrics" / "intervals.json").read_text())
     for key, value in metrics.items():

@@ -83,6 +83,8 @@ def test_a_training_library_edit_reruns_the_stages_that_train_with_it():
     assert stages_running("pipeline/training/resume.py") == {"train", "train_vocoder"}
     assert stages_running("pipeline/training/vae.py") == {"pretrain", "train"}
     assert stages_running("pipeline/training/ema.py") == {"train"}
+    assert stages_running("pipeline/training/unet.py") == {"train"}
+    assert stages_running("pipeline/sources/photographs.py") == {"pretrain"}
 
 
 def test_imports_only_a_type_checker_reads_are_not_code_that_runs(tmp_path):

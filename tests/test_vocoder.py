@@ -40,7 +40,6 @@ def test_the_stage_trains_saves_and_loads(tiny_models, tiny_shards):
     spec = tiny_shards[1].spec
     assert config["spectrogram_spec"] == dataclasses.asdict(spec)
     assert set(config["validation"]) == set(VOCODERS)
-    assert chosen_vocoder(directory) in VOCODERS
     vocoder = load_vocoder(directory, spec)
     assert set(load_file(directory / "vocoder.safetensors")) == set(vocoder.state_dict())
     log_mel = torch.full((spec.n_mels, 16), 10.0)
@@ -110,6 +109,13 @@ def test_a_nan_vocoder_weight_is_refused(tmp_path, tiny_models):
     save_file(weights, directory / "vocoder.safetensors")
     with pytest.raises(ModelError, match=f"{name} holds NaN or infinite weights"):
         load_vocoder(directory)
+
+
+@pytest.mark.parametrize(("neural_db", "chosen"), [(1.0, "neural"), (3.0, "griffin_lim")])
+def test_the_vocoder_closer_to_the_validation_mels_is_chosen(tmp_path, tiny_models, neural_db, chosen):
+    validation = {"neural": {"mel_l1_db": neural_db, "mrstft": 1.0}, "griffin_lim": {"mel_l1_db": 2.0, "mrstft": 1.0}}
+    directory = edited_copy(tmp_path, tiny_models, lambda config: config.update(validation=validation))
+    assert chosen_vocoder(directory) == chosen
 
 
 @pytest.mark.parametrize("validation", [{}, {"neural": {"mel_l1_db": 1.0}}, "best",
