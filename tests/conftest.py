@@ -208,3 +208,37 @@ def tiny_judge(tmp_path_factory, tiny_shards):
 def tiny_audio(shards: Path) -> tuple[Path, Path, Path]:
     """(shards, subset index, raw clips) of a tiny dataset, as train_vocoder and evaluate take them."""
     return shards, shards.parent / "subset" / "index.parquet", shards.parent / "raw"
+
+
+def read_clip(raw_dir: Path, clip_id: str):
+    """A clip's samples (mono float32) from the clip shards, found through the manifest."""
+    from pipeline.sources.clip_shards import ClipStore
+    from pipeline.sources.manifest import read_manifest
+
+    manifest = read_manifest(raw_dir / "manifest.parquet").set_index("id")
+    audio, _ = ClipStore(raw_dir).audio(manifest.path[clip_id], clip_id)
+    return audio[:, 0]
+
+
+def audio_bytes(audio, sample_rate=16_000, **format):
+    """What soundfile writes for ``audio``, FLAC unless ``format`` says otherwise."""
+    import io
+
+    import soundfile as sf
+
+    buffer = io.BytesIO()
+    sf.write(buffer, audio, sample_rate, **({"format": "FLAC"} | format))
+    return buffer.getvalue()
+
+
+def replace_clips(raw_dir: Path, replacements: dict) -> None:
+    """Put other bytes in place of clips in their shards (None: take the clip out), recorded
+    with their digests, as if acquire had written them."""
+    import pyarrow.parquet as pq
+
+    from pipeline.sources.clip_shards import write_shard
+
+    for shard in (raw_dir / "clips").glob("part-*.parquet"):
+        rows = pq.read_table(shard, columns=["id", "flac"]).to_pylist()
+        write_shard(shard, [(r["id"], replacements.get(r["id"], r["flac"])) for r in rows
+                            if replacements.get(r["id"], b"") is not None])

@@ -9,19 +9,19 @@ import time
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-import soundfile as sf
 import yaml
 
 from pipeline.errors import AcquireError
 from pipeline.params import parse
 from pipeline.sources import audioset
-from pipeline.sources.audioset import clip_name, plan
+from pipeline.sources.audioset import plan, segment_id
+from pipeline.sources.clip_shards import STAGING_SUBDIR, ClipStore, held_clips
 from pipeline.sources.download import classify, is_retryable
 from pipeline.sources.manifest import SCHEMA, read_manifest
 from pipeline.sources.workers import WorkerPool, WorkerStartError
 from pipeline.stages.acquire import acquire, clip_rules, summary
 
-from conftest import ROOT, make_tiny_repo, run
+from conftest import ROOT, make_tiny_repo, read_clip, run
 from media_server import MediaServer, make_media, write_segments
 
 DIAL, BUSY, RING = "/m/015jpf", "/m/01z47d", "/m/01hnzm"
@@ -60,8 +60,8 @@ def test_sections_are_cut_at_the_right_time(tmp_path, media, ontology):
         rows, _ = acquire(audioset_params(csv, server.url_template), tmp_path / "raw", ontology)
     assert [r["status"] for r in rows] == ["ok", "ok"]
     for ytid, before, after in [(WEBM, 440, 880), (M4A, 660, 330)]:
-        audio, sr = sf.read(tmp_path / "raw" / "clips" / clip_name(ytid, 10), dtype="float32")
-        assert sr == 16_000 and audio.ndim == 1 and len(audio) == 160_000
+        audio = read_clip(tmp_path / "raw", segment_id(ytid, 10))
+        assert len(audio) == 160_000
         assert dominant_hz(audio[16_000:64_000]) == pytest.approx(before, abs=5)
         assert dominant_hz(audio[96_000:144_000]) == pytest.approx(after, abs=5)
         frames = audio[:len(audio) // 400 * 400].reshape(-1, 400)  # 25 ms frames
@@ -132,13 +132,12 @@ def test_rerun_skips_finished_clips_and_permanent_failures(tmp_path, media, onto
         server.failures[FLAKY] = [429] * 2
         params = audioset_params(csv, server.url_template, retries=1)
         first, _ = acquire(params, tmp_path / "raw", ontology)
-        clip = tmp_path / "raw" / "clips" / clip_name(WEBM, 10)
-        stamp, hits = clip.stat().st_mtime_ns, dict(server.hits)
+        kept, hits = ClipStore(tmp_path / "raw").flac(first[0]["path"], first[0]["id"]), dict(server.hits)
         second, notes = acquire(params, tmp_path / "raw", ontology)
     assert [r["status"] for r in first] == ["ok", "failed", "failed"]
     assert [r["status"] for r in second] == ["ok", "failed", "ok"]
     assert server.hits[WEBM] == hits[WEBM] and server.hits[MISSING] == hits[MISSING]
-    assert clip.stat().st_mtime_ns == stamp
+    assert ClipStore(tmp_path / "raw").flac(second[0]["path"], second[0]["id"]) == kept
     assert second[0]["updated_at"] == first[0]["updated_at"]
     assert second[2]["attempts"] == 3
     lines = [note.strip() for note in notes]
@@ -161,6 +160,25 @@ def tone_copies(media, csv, prefix, count):
         if not (media / f"{ytid}.webm").exists():
             (media / f"{ytid}.webm").hardlink_to(media / f"{WEBM}.webm")
     return ytids, write_segments(csv, [(y, 10, 20, DIAL) for y in ytids])
+
+
+def test_narrowing_and_widening_the_selection_downloads_nothing_again(tmp_path, media, ontology):
+    ytids, csv = tone_copies(media, tmp_path / "s.csv", "narr", 4)
+    raw = tmp_path / "raw"
+    with MediaServer(media) as server:
+        wide = audioset_params(csv, server.url_template, workers=1)
+        wide = parse(wide.to_dict() | {"source": wide.to_dict()["source"] | {"shard_clips": 2}})
+        first, _ = acquire(wide, raw, ontology)
+        clips = {row["id"]: ClipStore(raw).flac(row["path"], row["id"]) for row in first}
+        narrow = parse(wide.to_dict() | {"source": wide.to_dict()["source"] | {"limit": 2}})
+        kept, _ = acquire(narrow, raw, ontology)
+        assert sorted(held_clips(raw)) == sorted(row["id"] for row in kept)
+        assert len(list((raw / STAGING_SUBDIR).glob("*.flac"))) == 2  # the other two, kept aside
+        hits = dict(server.hits)
+        again, _ = acquire(wide, raw, ontology)
+    assert dict(server.hits) == hits
+    assert {row["id"]: ClipStore(raw).flac(row["path"], row["id"]) for row in again} == clips
+    assert not list((raw / STAGING_SUBDIR).glob("*.flac"))
 
 
 def test_cookies_proxy_and_pace_reach_the_requests(tmp_path, media, ontology, monkeypatch):
@@ -231,17 +249,21 @@ def test_a_killed_run_resumes_without_downloading_again(tmp_path, media, ontolog
                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                                    preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         deadline = time.monotonic() + 120
-        while len(list((raw / "clips").glob("*.flac"))) < 2 or len(server.first_request) < 3:
+        def finished_ids():
+            staged = {p.stem for p in (raw / STAGING_SUBDIR).glob("*.flac")}
+            return staged | set(held_clips(raw)) if (raw / "clips").exists() else staged
+
+        while len(finished_ids()) < 2 or len(server.first_request) < 3:
             assert time.monotonic() < deadline and process.poll() is None, "the run never reached the third clip"
             time.sleep(0.05)
         process.send_signal(stop)
         server.release()  # nothing may wait on the held answer while the run stops
         _, stderr = process.communicate(timeout=120)
-        finished = sorted(p.name for p in (raw / "clips").glob("*.flac"))
+        finished = finished_ids()
         if stop == signal.SIGINT:
             assert process.returncode == 130 and "interrupted" in stderr
             manifest = read_manifest(raw / "manifest.parquet")
-            recorded = set(manifest[manifest.status == "ok"].path.str.removeprefix("clips/"))
+            recorded = set(manifest[manifest.status == "ok"].id)
             # a clip written in the instant before the interrupt is adopted by the next run
             assert recorded <= set(finished) and len(set(finished) - recorded) <= 1
             assert set(manifest.status) <= {"ok", "pending"}
@@ -250,7 +272,7 @@ def test_a_killed_run_resumes_without_downloading_again(tmp_path, media, ontolog
         rows, _ = acquire(params, raw, ontology)
     assert [r["status"] for r in rows] == ["ok"] * len(ytids)
     for row in rows:
-        if row["path"].removeprefix("clips/") in finished:
+        if row["id"] in finished:
             assert server.hits[row["origin"]] == hits[row["origin"]], row["id"]
         else:
             assert server.hits[row["origin"]] > hits.get(row["origin"], 0)
@@ -286,7 +308,7 @@ def test_the_balanced_list_plans_without_network(ontology):
     params = parse({"source": {"kind": "audioset", "limit": 100}})
     rows = plan(params.source, clip_rules(params), ontology).rows
     assert len(rows) == 100 and {r["status"] for r in rows} == {"pending"}
-    assert all(r["path"].startswith("clips/Y") for r in rows)
+    assert {r["path"] for r in rows} == {"clips/part-00000.parquet"}
 
 
 def test_clear_errors_before_any_download(tmp_path, ontology):

@@ -6,7 +6,6 @@ import json
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-import soundfile as sf
 import torch
 import yaml
 
@@ -14,7 +13,7 @@ from pipeline.audio.spectrogram import waveform_to_log_mel
 from pipeline.params import Params
 from pipeline.sources.manifest import read_manifest
 
-from conftest import ROOT, copy_repo, dvc_status, run, stages_ran
+from conftest import ROOT, copy_repo, dvc_status, read_clip, run, stages_ran
 
 
 @pytest.fixture
@@ -112,7 +111,7 @@ def test_dvc_repro_runs_the_dag_and_invalidates_precisely(repo):
     rows = pq.read_table(shard, columns=["source_ids", "log_mel"]).to_pylist()
     first = next(row for row in rows if len(row["source_ids"]) == 1)
     params = Params()  # the tiny profile's spectrogram settings are the defaults
-    audio, _ = sf.read(repo / "data" / "raw" / "clips" / f"{first['source_ids'][0]}.flac", dtype="float32")
+    audio = read_clip(repo / "data" / "raw", first["source_ids"][0])
     expected = waveform_to_log_mel(torch.from_numpy(audio), params.spec).numpy().ravel()
     assert np.abs(np.asarray(first["log_mel"], dtype=np.float32) - expected).max() <= 0.05
 

@@ -8,14 +8,13 @@ import time
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-import soundfile as sf
 import torch
 
 from pipeline.audio.shards import ShardError, iter_batches, read_spec, shard_files
 from pipeline.audio.spectrogram import image_to_log_mel, log_mel_to_image, waveform_to_log_mel
 from pipeline.params import render_profile
 
-from conftest import ROOT, build_subset, render_into
+from conftest import ROOT, audio_bytes, build_subset, read_clip, render_into, replace_clips
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +47,7 @@ def test_image_and_mel_round_trip(rendered, ontology):
     spec = params.spec
     rows = rows_by_id(tmp_path / "shards", "test")
     clip_id, (image, log_mel) = next(iter(rows.items()))
-    audio, _ = sf.read(tmp_path / "raw" / "clips" / f"{clip_id}.flac", dtype="float32")
+    audio = read_clip(tmp_path / "raw", clip_id)
     expected = waveform_to_log_mel(torch.from_numpy(audio), spec).numpy()
     assert image.shape == (64, 64) and image.dtype == np.uint8
     assert log_mel.shape == (128, 128)
@@ -69,7 +68,7 @@ def test_mixture_is_the_average_of_its_sources(tmp_path, ontology, domain):
     spec = params.spec
     index = pq.read_table(tmp_path / "subset" / "index.parquet").to_pandas()
     mixture = index[index.is_mixture].iloc[0]
-    clips = [sf.read(tmp_path / "raw" / p, dtype="float32")[0] for p in mixture.paths]
+    clips = [read_clip(tmp_path / "raw", clip_id) for clip_id in mixture.source_ids]
     if domain == "waveform":
         expected = waveform_to_log_mel(torch.from_numpy((clips[0] + clips[1]) / 2), spec)
     else:
@@ -81,21 +80,21 @@ def test_mixture_is_the_average_of_its_sources(tmp_path, ontology, domain):
 @pytest.mark.slow
 def test_bad_audio_is_skipped_and_reported(tmp_path, ontology):
     params = build_subset(tmp_path, ontology)
-    clips = tmp_path / "raw" / "clips"
-    (clips / "syn-00-0000.flac").unlink()
-    (clips / "syn-00-0001.flac").write_bytes(b"not a flac file")
-    sf.write(clips / "syn-00-0002.flac", np.zeros(160_000, np.float32), 16_000)
-    sf.write(clips / "syn-00-0003.flac", np.zeros((160_000, 2), np.float32) + 0.1, 16_000)
-    sf.write(clips / "syn-00-0004.flac", np.full(40_000, 0.1, np.float32), 16_000)
+    replace_clips(tmp_path / "raw", {
+        "syn-00-0000": None,
+        "syn-00-0001": b"not a flac file",
+        "syn-00-0002": audio_bytes(np.zeros(160_000, np.float32)),
+        "syn-00-0003": audio_bytes(np.zeros((160_000, 2), np.float32) + 0.1),
+        "syn-00-0004": audio_bytes(np.full(40_000, 0.1, np.float32))})
     report = render_into(tmp_path, params)
     reasons = {s["id"]: s["reason"] for s in report["skipped"]}
-    assert reasons["syn-00-0000"] == "missing file"
+    assert reasons["syn-00-0000"] == "missing clip"
     assert reasons["syn-00-0001"].startswith("unreadable audio")
     assert reasons["syn-00-0002"] == "silent"
     assert reasons["syn-00-0003"] == "2 channels, expected mono"
     assert reasons["syn-00-0004"].startswith("truncated")
     saved = json.loads((tmp_path / "shards" / "report.json").read_text())
-    assert saved["skipped_by_reason"]["missing file"] >= 1
+    assert saved["skipped_by_reason"]["missing clip"] >= 1
     written = sum(report["rows"].values())
     index_rows = pq.read_metadata(tmp_path / "subset" / "index.parquet").num_rows
     assert written + len(report["skipped"]) == index_rows
@@ -171,20 +170,19 @@ def shard_of(shards, split, row_id):
 
 @pytest.mark.slow
 def test_a_changed_clip_rerenders_its_shard(tmp_path, ontology):
-    """Same ids and paths, other audio (another source.seed, a replaced recording, a clip
+    """Same ids and shards, other audio (another source.seed, a replaced recording, a clip
     downloaded again): the shard holding it must not be reused."""
     params = build_subset(tmp_path, ontology)
     render_into(tmp_path, params)
     index = pq.read_table(tmp_path / "subset" / "index.parquet").to_pandas()
     row = index[(index.split == "train") & ~index.is_mixture].iloc[0]
-    clip = tmp_path / "raw" / row.paths[0]
-    other = tmp_path / "raw" / index[(index.target != row.target) & ~index.is_mixture].iloc[0].paths[0]
-    clip.write_bytes(other.read_bytes())
-    users = index[index.paths.map(lambda paths: row.paths[0] in paths)]  # mixtures too
+    other = index[(index.target != row.target) & ~index.is_mixture].iloc[0].source_ids[0]
+    audio = read_clip(tmp_path / "raw", other)
+    replace_clips(tmp_path / "raw", {row.source_ids[0]: audio_bytes(audio)})
+    users = index[index.source_ids.map(lambda ids: row.source_ids[0] in ids)]  # mixtures too
     touched = {shard_of(tmp_path / "shards", u.split, u.id) for u in users.itertuples()}
     report = render_into(tmp_path, params)
     assert report["shards_reused"] == report["shards"] - len(touched)
-    audio, _ = sf.read(clip, dtype="float32")
     expected = waveform_to_log_mel(torch.from_numpy(audio), params.spec).numpy()
     _, stored = rows_by_id(tmp_path / "shards", "train")[row.id]
     assert np.abs(stored - expected).max() <= 0.05
@@ -220,13 +218,12 @@ def test_changed_render_code_rerenders_everything(tmp_path, ontology, monkeypatc
 @pytest.mark.slow
 def test_non_finite_audio_is_a_recorded_skip(tmp_path, ontology):
     params = build_subset(tmp_path, ontology)
-    clips = tmp_path / "raw" / "clips"
     nan = np.full(160_000, 0.1, np.float32)
     nan[1000] = np.nan
-    # a float WAV under the clip's name: soundfile reads it whatever the suffix says
-    sf.write(clips / "syn-00-0000.flac", nan, 16_000, format="WAV", subtype="FLOAT")
-    sf.write(clips / "syn-00-0001.flac", np.full(160_000, np.inf, np.float32), 16_000,
-             format="WAV", subtype="FLOAT")
+    # float WAVs in the clips' places: soundfile reads them whatever the shard calls them
+    replace_clips(tmp_path / "raw", {
+        "syn-00-0000": audio_bytes(nan, format="WAV", subtype="FLOAT"),
+        "syn-00-0001": audio_bytes(np.full(160_000, np.inf, np.float32), format="WAV", subtype="FLOAT")})
     report = render_into(tmp_path, params)
     reasons = {s["id"]: s["reason"] for s in report["skipped"]}
     assert reasons["syn-00-0000"] == reasons["syn-00-0001"] == "non-finite samples (NaN or inf)"

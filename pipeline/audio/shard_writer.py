@@ -4,7 +4,8 @@ this module's code closure, which is all the code that decides a shard's bytes).
 
 A shard is reused only while it is intact (every byte still matches that SHA-256), was written
 by the same code, and carries the fingerprint of what it was made from: its rows, the bytes of
-their clips, the SpectrogramSpec and the shard layout.
+their clips (by the digests recorded in the clip shards), the SpectrogramSpec and the
+shard layout.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import torch
 from pipeline.audio.shards import encode_png, read_fingerprint, shard_schema
 from pipeline.audio.spectrogram import SpectrogramSpec, log_mel_to_grey, waveform_to_log_mel
 from pipeline.audio.waveforms import SkipRow, row_clips
+from pipeline.sources.clip_shards import ClipStore
 from pipeline.files import atomic_path, sha256_file, write_json
 from pipeline.paths import SPLITS
 from pipeline.provenance import code_digest
@@ -34,7 +36,7 @@ class ShardTask:
     split: str
     number: int
     rows: list[dict]
-    clip_sha256: list[list[str | None]]  # per row, per clip path; None for a missing file
+    clip_sha256: list[list[str | None]]  # per row, per clip; None for a missing clip
     spec: SpectrogramSpec
     mix_domain: str
     row_group_rows: int
@@ -51,8 +53,8 @@ class ShardTask:
         return hashlib.sha256(content.encode()).hexdigest()
 
 
-def row_log_mel(row: dict, task: ShardTask) -> torch.Tensor:
-    clips = row_clips(row["paths"], task.raw_dir, task.spec)
+def row_log_mel(row: dict, task: ShardTask, store: ClipStore) -> torch.Tensor:
+    clips = row_clips(row, store, task.spec)
     if len(clips) == 1 or task.mix_domain == "waveform":
         return waveform_to_log_mel(clips.mean(dim=0), task.spec)
     return waveform_to_log_mel(clips, task.spec).mean(dim=0)
@@ -61,9 +63,10 @@ def row_log_mel(row: dict, task: ShardTask) -> torch.Tensor:
 def render_shard(task: ShardTask) -> tuple[str, int, list[tuple[str, str]], int]:
     """Write one shard; returns (split, rows written, skipped (id, reason), bytes)."""
     kept, mels, skipped = [], [], []
+    store = ClipStore(task.raw_dir)
     for row in task.rows:
         try:
-            mels.append(row_log_mel(row, task))
+            mels.append(row_log_mel(row, task, store))
             kept.append(row)
         except SkipRow as why:
             skipped.append((row["id"], str(why)))
@@ -111,12 +114,7 @@ def plan_shards(index: pa.Table, spec: SpectrogramSpec, mix_domain: str, shard_r
                 raw_dir: Path, out_dir: Path) -> list[ShardTask]:
     """Each split's rows of the subset index, ``shard_rows`` to a shard, in index order."""
     columns = ["id", "caption", "target", "target_name", "labels", "source_ids", "is_mixture", "paths"]
-    digests: dict[str, str | None] = {}
-
-    def clip_sha256(path: str) -> str | None:
-        if path not in digests:
-            digests[path] = sha256_file(raw_dir / path) if (raw_dir / path).is_file() else None
-        return digests[path]
+    store = ClipStore(raw_dir)
 
     tasks = []
     for split in SPLITS:
@@ -125,7 +123,8 @@ def plan_shards(index: pa.Table, spec: SpectrogramSpec, mix_domain: str, shard_r
             chunk = rows[start:start + shard_rows]
             tasks.append(ShardTask(
                 split=split, number=number, rows=chunk,
-                clip_sha256=[[clip_sha256(p) for p in row["paths"]] for row in chunk],
+                clip_sha256=[[store.sha256(*clip) for clip in zip(row["paths"], row["source_ids"])]
+                             for row in chunk],
                 spec=spec, mix_domain=mix_domain, row_group_rows=row_group_rows, raw_dir=raw_dir,
                 path=out_dir / split / f"part-{number:05d}.parquet"))
     return tasks

@@ -41,6 +41,9 @@ class SourceParams:
     short_clips: str = "pad"
     long_clips: str = "split"
     min_rms_db: float = -60.0
+    # clips per file of data/raw/clips: ~50 MB of FLAC at 256. At AudioSet scale, a few
+    # thousand keep DVC's and the object store's file count in the hundreds.
+    shard_clips: int = 256
 
     def __post_init__(self) -> None:
         require(self.kind in SOURCE_KINDS, "source.kind", f"must be one of {SOURCE_KINDS}")
@@ -55,6 +58,7 @@ class SourceParams:
                 f"must be one of {SHORT_CLIP_RULES}")
         require(self.long_clips in LONG_CLIP_RULES, "source.long_clips",
                 f"must be one of {LONG_CLIP_RULES}")
+        require(self.shard_clips >= 1, "source.shard_clips", "must be at least 1")
         require(self.min_rms_db < 0, "source.min_rms_db", "must be below 0 dBFS")
         if self.kind == "audioset":
             require(bool(self.segments), "source.segments",

@@ -29,7 +29,8 @@ from pipeline.ontology import Ontology, OntologyError
 from pipeline.sources.clips import ClipRules
 from pipeline.sources.download import DownloadSettings, Section, is_retryable
 from pipeline.sources.ffmpeg_binary import FfmpegMissing, ffmpeg_executable
-from pipeline.sources.manifest import CLIPS_SUBDIR, mark_failed, mark_ok, new_row, read_manifest_rows, write_manifest
+from pipeline.sources.clip_shards import STAGING_SUBDIR, ClipStore, assign_shards, held_clips, seal, staged_path
+from pipeline.sources.manifest import mark_failed, mark_ok, new_row, read_manifest_rows, write_manifest
 from pipeline.sources.segments import YTID_PATTERN, Segment, read_segments
 from pipeline.sources.workers import WorkerPool, WorkerStartError
 
@@ -49,11 +50,6 @@ GIVE_UP_KINDS = {
 
 def segment_id(ytid: str, start_seconds: float) -> str:
     return f"{ytid}_{round(start_seconds * 1000)}"
-
-
-def clip_name(ytid: str, start_seconds: float) -> str:
-    # AudioSet's usual "Y" prefix: a YouTube id may begin with "-", which reads as an option
-    return f"Y{segment_id(ytid, start_seconds)}.flac"
 
 
 @dataclass
@@ -124,9 +120,8 @@ def plan(source: SourceParams, rules: ClipRules, ontology: Ontology) -> Plan:
             mark_failed(row, "unknown_label", f"labels not in the ontology: {', '.join(unknown)}")
         elif length < rules.clip_seconds and rules.short_clips == "reject":
             mark_failed(row, "too_short", f"the segment is {length:g} s (source.short_clips: reject)")
-        else:
-            row["path"] = f"{CLIPS_SUBDIR}/{clip_name(segment.ytid, segment.start_seconds)}"
         rows.append(row)
+    assign_shards(rows, source.shard_clips)
     return Plan(rows, duplicates)
 
 
@@ -140,22 +135,26 @@ def _is_clip(path: Path, rules: ClipRules) -> bool:
 
 def resume(rows: list[dict], previous: dict[str, dict], raw_dir: Path, rules: ClipRules,
            retry_failed: bool = False) -> list[dict]:
-    """Carry over what earlier runs did. A clip on disk is kept whatever its old row says
-    (a run killed between writing the clip and the manifest); a permanent failure stays
-    failed unless ``retry_failed``; everything else is pending, its attempts counted on."""
+    """Carry over what earlier runs did. A clip on disk (sealed in any shard, or staged) is
+    kept whatever its old row says (a run killed between writing the clip and the manifest);
+    a permanent failure stays failed unless ``retry_failed``; everything else is pending,
+    its attempts counted on."""
+    held, store = held_clips(raw_dir), ClipStore(raw_dir)
     for row in rows:
         if row["status"] == "failed":
             continue
         before = previous.get(row["id"])
         if before is not None and before["labels"] != row["labels"]:
             before = None  # another segment under the same id: nothing of it carries over
-        clip = raw_dir / row["path"]
-        if _is_clip(clip, rules):
-            if before is not None and before["status"] == "ok" and before["path"] == row["path"]:
-                row.update(before)
+        staged = staged_path(raw_dir, row["id"])
+        if row["id"] in held or _is_clip(staged, rules):
+            if before is not None and before["status"] == "ok":
+                row.update(before | {"path": row["path"]})
             else:
                 row["attempts"] = max(1, before["attempts"] if before else 0)
-                mark_ok(row, clip, datetime.fromtimestamp(clip.stat().st_mtime, UTC))
+                found = raw_dir / held[row["id"]] if row["id"] in held else staged
+                clip = store.flac(held[row["id"]], row["id"]) if row["id"] in held else staged
+                mark_ok(row, clip, datetime.fromtimestamp(found.stat().st_mtime, UTC))
         elif before is not None:
             row["attempts"] = before["attempts"]
             if before["status"] == "failed":
@@ -226,7 +225,7 @@ def download(rows: list[dict], raw_dir: Path, manifest: Path, settings: Download
                 while todo and pool.idle and pace.may_start():
                     row = todo.popleft()
                     pool.submit(asdict(Section(row["id"], row["origin"], row["start_seconds"],
-                                               row["end_seconds"], Path(row["path"]).name)))
+                                               row["end_seconds"], staged_path(raw_dir, row["id"]).name)))
                     pace.started()
                 for task, reply, lost in pool.wait(timeout=0.2):
                     row = by_id[task["id"]]
@@ -241,7 +240,7 @@ def download(rows: list[dict], raw_dir: Path, manifest: Path, settings: Download
                                            "The manifest keeps what was done; run again later")
                     stamp = datetime.now(UTC)
                     if kind is None:
-                        mark_ok(row, raw_dir / row["path"], stamp)
+                        mark_ok(row, staged_path(raw_dir, row["id"]), stamp)
                     elif is_retryable(kind) and tries[row["id"]] <= options.retries:
                         row.update(error_kind=kind, error=message, updated_at=stamp)
                         delay = options.backoff_seconds * 2 ** (tries[row["id"]] - 1)
@@ -253,6 +252,7 @@ def download(rows: list[dict], raw_dir: Path, manifest: Path, settings: Download
                     bar.update()
                     bar.set_postfix(ok=outcomes["ok"], failed=bar.n - outcomes["ok"], refresh=False)
                 if time.monotonic() - last_write > MANIFEST_EVERY_SECONDS:
+                    seal(rows, raw_dir, final=False)
                     write_manifest(rows, manifest)
                     last_write = time.monotonic()
     except WorkerStartError as error:
@@ -272,7 +272,7 @@ def settings_for(source: SourceParams, options: DownloadParams, rules: ClipRules
     if options.cookies and not Path(options.cookies).is_file():
         raise AcquireError(f"download.cookies: {options.cookies} is not a file")
     return DownloadSettings(
-        url_template=source.url_template, clips_dir=str(raw_dir / CLIPS_SUBDIR),
+        url_template=source.url_template, clips_dir=str(raw_dir / STAGING_SUBDIR),
         work_dir=str(raw_dir / WORK_SUBDIR), rules=rules, ffmpeg=ffmpeg,
         socket_timeout=min(30.0, options.timeout_seconds), cookies=options.cookies,
         proxy=options.proxy)

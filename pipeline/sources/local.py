@@ -25,7 +25,8 @@ from pipeline.errors import AcquireError
 from pipeline.files import write_flac
 from pipeline.ontology import Ontology, OntologyError
 from pipeline.sources.clips import ClipRejected, ClipRules, check_finite, clip_windows, make_clip, resample, to_mono
-from pipeline.sources.manifest import CLIPS_SUBDIR, mark_failed, mark_ok, new_row
+from pipeline.sources.clip_shards import staged_path
+from pipeline.sources.manifest import mark_failed, mark_ok, new_row
 
 SOURCE = "local"
 COLUMNS = ("path", "labels")
@@ -136,24 +137,22 @@ def clips_of(recording: Recording, folder: Path, raw_dir: Path, rules: ClipRules
     for index, (start, end) in enumerate(clip_windows(len(audio), rules)):
         clip_id = f"{base}-{index:03d}"
         row = new_row(clip_id, SOURCE, recording.path, list(recording.labels),
-                      start / rules.sample_rate, end / rules.sample_rate,
-                      f"{CLIPS_SUBDIR}/{clip_id}.flac")
+                      start / rules.sample_rate, end / rules.sample_rate)
         row["attempts"] = 1
         try:
             clip = make_clip(audio[start:end], rules)
         except ClipRejected as rejected:
-            row["path"] = None
             rows.append(mark_failed(row, rejected.kind, str(rejected)))
             continue
-        write_flac(raw_dir / row["path"], clip, rules.sample_rate)
-        rows.append(mark_ok(row, raw_dir / row["path"]))
+        staged = staged_path(raw_dir, clip_id)
+        write_flac(staged, clip, rules.sample_rate)
+        rows.append(mark_ok(row, staged))
     return rows
 
 
 def acquire_local(folder: Path, labels_csv: Path, rules: ClipRules, raw_dir: Path,
                   ontology: Ontology) -> list[dict]:
     recordings = read_labels_csv(labels_csv, folder, ontology)
-    (raw_dir / CLIPS_SUBDIR).mkdir(parents=True, exist_ok=True)
     rows = []
     for recording in tqdm(recordings, desc="acquire local", unit="file", file=sys.stderr):
         rows += clips_of(recording, folder, raw_dir, rules)

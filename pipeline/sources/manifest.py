@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import pandas as pd
@@ -12,7 +13,6 @@ import soundfile as sf
 from pipeline.files import atomic_path
 
 STATUSES = ("ok", "failed", "pending")
-CLIPS_SUBDIR = "clips"  # beside the manifest; every row's path starts with it
 
 SCHEMA = pa.schema([
     pa.field("id", pa.string(), nullable=False),
@@ -21,7 +21,7 @@ SCHEMA = pa.schema([
     pa.field("start_seconds", pa.float64()),  # section of the origin this clip covers
     pa.field("end_seconds", pa.float64()),
     pa.field("labels", pa.list_(pa.string()), nullable=False),  # AudioSet ontology ids
-    pa.field("path", pa.string()),  # relative to the manifest's folder
+    pa.field("path", pa.string()),  # the clip's shard, relative to the manifest's folder
     pa.field("status", pa.string(), nullable=False),
     pa.field("error_kind", pa.string()),
     pa.field("error", pa.string()),
@@ -45,10 +45,11 @@ def new_row(id: str, source: str, origin: str | None, labels: list[str],
                 sample_rate=None, updated_at=None)
 
 
-def mark_ok(row: dict, clip: Path, updated_at=None) -> dict:
-    """Record the finished clip file ``clip`` (the file that ``row["path"]`` names)."""
-    info = sf.info(clip)
-    row.update(status="ok", error_kind=None, error=None, bytes=clip.stat().st_size,
+def mark_ok(row: dict, clip: Path | bytes, updated_at=None) -> dict:
+    """Record the finished clip: a FLAC file, or its bytes."""
+    info = sf.info(io.BytesIO(clip) if isinstance(clip, bytes) else clip)
+    size = len(clip) if isinstance(clip, bytes) else clip.stat().st_size
+    row.update(status="ok", error_kind=None, error=None, bytes=size,
                duration_seconds=info.frames / info.samplerate, sample_rate=info.samplerate,
                updated_at=updated_at)
     return row

@@ -24,7 +24,8 @@ from pipeline.config.spectrogram import spectrogram_spec
 from pipeline.errors import AcquireError
 from pipeline.files import write_flac
 from pipeline.ontology import Ontology
-from pipeline.sources.manifest import CLIPS_SUBDIR, mark_ok, new_row
+from pipeline.sources.clip_shards import staged_path
+from pipeline.sources.manifest import mark_ok, new_row
 
 Recipe = Callable[[np.random.Generator, np.ndarray, int], np.ndarray]
 
@@ -422,20 +423,19 @@ def plan_synthetic(source: SourceParams, ontology: Ontology) -> list[SyntheticCl
 
 
 def acquire_synthetic(params: Sections, raw_dir: Path, ontology: Ontology) -> list[dict]:
+    """Stage every clip, one manifest row each (see :mod:`pipeline.sources.clip_shards`)."""
     spec = spectrogram_spec(params.spectrogram, params.render)
-    clips_dir = raw_dir / CLIPS_SUBDIR
     rows = []
     for clip in tqdm(plan_synthetic(params.source, ontology), desc="acquire synthetic",
                      unit="clip", file=sys.stderr):
         audio = render_clip(clip.cls, np.random.default_rng(clip.seed), spec.sample_rate,
                             spec.clip_seconds, overlay=clip.overlay)
-        path = clips_dir / f"{clip.id}.flac"
-        write_flac(path, audio, spec.sample_rate)
+        staged = staged_path(raw_dir, clip.id)
+        write_flac(staged, audio, spec.sample_rate)
         labels = [ontology.resolve(clip.cls.name)]
         if clip.overlay is not None:
             labels.append(ontology.resolve(clip.overlay.name))
-        row = new_row(clip.id, "synthetic", clip.cls.recipe.__name__, labels, 0.0,
-                      spec.clip_seconds, f"{CLIPS_SUBDIR}/{path.name}")
+        row = new_row(clip.id, "synthetic", clip.cls.recipe.__name__, labels, 0.0, spec.clip_seconds)
         row["attempts"] = 1
-        rows.append(mark_ok(row, path))
+        rows.append(mark_ok(row, staged))
     return rows

@@ -1,4 +1,4 @@
-"""Stage ``acquire``: labelled 10 s clips -> ``data/raw/clips/*.flac`` + ``data/raw/manifest.parquet``.
+"""Stage ``acquire``: labelled 10 s clips -> ``data/raw/clips/part-NNNNN.parquet`` + ``data/raw/manifest.parquet``.
 
 ``source.kind`` picks where clips come from: ``synthetic`` (the offline default) renders
 them from :mod:`pipeline.sources.synthetic`, labelled with real ontology ids; ``audioset``
@@ -24,17 +24,11 @@ from pipeline.paths import RAW_DIR
 from pipeline.sources.audioset import acquire_audioset
 from pipeline.sources.clips import ClipRules
 from pipeline.sources.local import acquire_local
-from pipeline.sources.manifest import CLIPS_SUBDIR, write_manifest
+from pipeline.sources.clip_shards import assign_shards, seal, staged_path
+from pipeline.sources.manifest import write_manifest
 from pipeline.sources.synthetic import acquire_synthetic
 
 MANIFEST_NAME = "manifest.parquet"
-
-
-def _remove_strays(clips_dir: Path, keep: set[str]) -> None:
-    """Clips of an earlier configuration would otherwise sit untracked beside the new ones."""
-    for path in clips_dir.glob("*.flac"):
-        if path.name not in keep:
-            path.unlink()
 
 
 def clip_rules(params: Sections) -> ClipRules:
@@ -45,12 +39,10 @@ def clip_rules(params: Sections) -> ClipRules:
 
 def acquire(params: Sections, raw_dir: Path = RAW_DIR, ontology: Ontology | None = None,
             retry_failed: bool = False) -> tuple[list[dict], list[str]]:
-    """Write the clips and the manifest; returns the rows and notes for :func:`summary`."""
+    """Write the clip shards and the manifest; returns the rows and notes for :func:`summary`."""
     ontology = ontology or Ontology.load()
     source, manifest = params.source, raw_dir / MANIFEST_NAME
-    clips_dir = raw_dir / CLIPS_SUBDIR
-    clips_dir.mkdir(parents=True, exist_ok=True)
-    remove_partials(clips_dir)
+    remove_partials(staged_path(raw_dir, "").parent)
     notes: list[str] = []
     if source.kind == "audioset":
         # Sections outside this selection stay on disk: each cost a download, and widening
@@ -63,7 +55,8 @@ def acquire(params: Sections, raw_dir: Path = RAW_DIR, ontology: Ontology | None
         else:
             rows = acquire_local(Path(source.dir), Path(source.labels_csv), clip_rules(params),
                                  raw_dir, ontology)
-        _remove_strays(clips_dir, {Path(r["path"]).name for r in rows if r["path"]})
+        assign_shards(rows, source.shard_clips)
+    seal(rows, raw_dir, final=True, keep_unlisted=source.kind == "audioset")
     write_manifest(rows, manifest)
     return rows, notes
 
@@ -96,7 +89,7 @@ def summary(rows: list[dict], ontology: Ontology, notes: list[str] = ()) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", default=str(PARAMS_YAML))
-    parser.add_argument("--out", default=str(RAW_DIR), help="folder for clips/ and manifest.parquet")
+    parser.add_argument("--out", default=str(RAW_DIR), help="folder for clips/ (the clip shards) and manifest.parquet")
     parser.add_argument("--retry-failed", action="store_true",
                         help="audioset: try permanent failures (removed, private...) again too")
     args = parser.parse_args(argv)

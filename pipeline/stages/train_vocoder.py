@@ -71,11 +71,12 @@ def vocoder_loss(vocoder: NeuralVocoder, mels: torch.Tensor, audio: torch.Tensor
     return stft_distance(generated, audio) + mel_weight * mel_error
 
 
-def fingerprint(params: Sections, waveforms: torch.Tensor, spec: SpectrogramSpec) -> str:
+def fingerprint(params: Sections, clip_sha256: list[str], spec: SpectrogramSpec) -> str:
     """What a checkpoint must share with this run to be resumed from: settings, spec, the
-    training audio itself and the code."""
-    settings = params.to_dict()["vocoder"] | {"spec": spec.__dict__}
-    return run_fingerprint(settings, "pipeline.stages.train_vocoder", [waveforms.numpy().tobytes()])
+    training clips (their recorded digests, in order; the code that mixes them is in the
+    code closure) and the code."""
+    settings = params.to_dict()["vocoder"] | {"spec": spec.__dict__, "mix_domain": params.subset.mix_domain}
+    return run_fingerprint(settings, "pipeline.stages.train_vocoder", clip_sha256)
 
 
 def compare_on_validation(vocoder: NeuralVocoder, validation: dict) -> dict:
@@ -104,7 +105,7 @@ def train_vocoder(params: Sections, shards: Path = SHARDS_DIR, index: Path = SUB
     vocoder.to(device)
     optimizer = torch.optim.AdamW(vocoder.parameters(), lr=config.learning_rate, betas=(0.8, 0.9))
     schedule = get_scheduler("cosine", optimizer, num_warmup_steps=0, num_training_steps=config.steps)
-    run = ResumableRun(checkpoint_dir, fingerprint(params, train["waveform"], spec), config.steps,
+    run = ResumableRun(checkpoint_dir, fingerprint(params, train["clip_sha256"], spec), config.steps,
                        config.checkpoint_every, config.keep_checkpoints)
 
     def load(state: dict) -> None:
