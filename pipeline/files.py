@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import math
 import os
@@ -47,10 +48,17 @@ def is_finite_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def flac_bytes(audio: np.ndarray, sample_rate: int) -> bytes:
+    """16-bit mono FLAC, as the bytes of a file."""
+    buffer = io.BytesIO()
+    sf.write(buffer, audio, sample_rate, format="FLAC", subtype="PCM_16")
+    return buffer.getvalue()
+
+
 def write_flac(path: Path | str, audio: np.ndarray, sample_rate: int) -> None:
-    """16-bit mono FLAC, written atomically."""
+    """:func:`flac_bytes`, written atomically."""
     with atomic_path(path) as tmp:
-        sf.write(tmp, audio, sample_rate, format="FLAC", subtype="PCM_16")
+        tmp.write_bytes(flac_bytes(audio, sample_rate))
 
 
 def remove_partials(folder: Path) -> int:

@@ -19,6 +19,7 @@ import yaml
 
 from pipeline.audio.spectrogram import SpectrogramSpec
 from pipeline.config.core import PARAMS_YAML, SECTION_NAMES, ParamsError, Sections, build, read_params, read_yaml, show
+from pipeline.config.engine import EngineParams
 from pipeline.config.evaluate import EvaluateParams
 from pipeline.config.evaluator import EvaluatorParams
 from pipeline.config.model import ModelParams, PretrainParams
@@ -35,8 +36,8 @@ from pipeline.config.subset import SubsetParams
 from pipeline.config.train import TrainParams
 from pipeline.config.vocoder import VocoderParams
 
-__all__ = ["PARAMS_YAML", "SCHEDULER_NAMES", "VOCODER_CHOICES", "DownloadParams", "EvaluateParams", "EvaluatorParams",
-           "ModelParams", "Params", "ParamsError", "PretrainParams", "RenderParams", "SampleParams",
+__all__ = ["PARAMS_YAML", "SCHEDULER_NAMES", "VOCODER_CHOICES", "DownloadParams", "EngineParams", "EvaluateParams",
+           "EvaluatorParams", "ModelParams", "Params", "ParamsError", "PretrainParams", "RenderParams", "SampleParams",
            "SourceParams", "SpectrogramParams", "SubsetParams", "TrainParams", "VocoderParams",
            "format_resolution", "load", "parse", "parse_resolution", "profile", "read_yaml",
            "render_profile", "write_profile"]
@@ -48,6 +49,7 @@ CONFIGS_DIR = Path("configs")
 class Params(Sections):
     source: SourceParams = field(default_factory=SourceParams)
     download: DownloadParams = field(default_factory=DownloadParams)
+    engine: EngineParams = field(default_factory=EngineParams)
     spectrogram: SpectrogramParams = field(default_factory=SpectrogramParams)
     subset: SubsetParams = field(default_factory=SubsetParams)
     render: RenderParams = field(default_factory=RenderParams)
@@ -60,9 +62,7 @@ class Params(Sections):
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
 
     def __post_init__(self) -> None:
-        for section in vars(self).values():  # the checks across sections
-            if hasattr(section, "check_against"):
-                section.check_against(self)
+        self.check_across()
 
     @property
     def spec(self) -> SpectrogramSpec:

@@ -182,7 +182,7 @@ def test_a_stage_validates_the_sections_it_reads_and_no_other(tmp_path):
     with pytest.raises(ParamsError, match="train.steps: must be at least 1"):
         load_sections(path, subset=SubsetParams, train=TrainParams)
     path.write_text(yaml.safe_dump({"trian": {"steps": 3}}))  # a section name misspelt: every stage says so
-    with pytest.raises(ParamsError, match="trian: unknown key; known keys here: download, evaluate"):
+    with pytest.raises(ParamsError, match="trian: unknown key; known keys here: download, engine, evaluate"):
         load_sections(path, subset=SubsetParams)
     # a check across sections runs where both are loaded
     path.write_text(yaml.safe_dump({"vocoder": {"n_fft": 200}}))

@@ -23,10 +23,10 @@ import torch
 from pipeline.audio.shards import encode_png, read_fingerprint, shard_schema
 from pipeline.audio.spectrogram import SpectrogramSpec, log_mel_to_grey, waveform_to_log_mel
 from pipeline.audio.waveforms import SkipRow, row_clips
-from pipeline.sources.clip_shards import ClipStore
 from pipeline.files import atomic_path, sha256_file, write_json
 from pipeline.paths import SPLITS
 from pipeline.provenance import code_digest
+from pipeline.sources.clip_shards import ClipStore
 
 CODE = "pipeline.audio.shard_writer"  # this module: its import closure is the code that writes shards
 

@@ -19,8 +19,8 @@ from pipeline.errors import PipelineError
 # Relative to the working directory, as DVC runs every stage from the repository root.
 PARAMS_YAML = Path("params.yaml")
 # The top-level sections of params.yaml (pipeline.params.Params has one field for each).
-SECTION_NAMES = ("source", "download", "spectrogram", "subset", "render", "model", "pretrain", "train",
-                 "evaluator", "vocoder", "sample", "evaluate")
+SECTION_NAMES = ("source", "download", "engine", "spectrogram", "subset", "render", "model", "pretrain",
+                 "train", "evaluator", "vocoder", "sample", "evaluate")
 
 
 class ParamsError(PipelineError, ValueError):
@@ -154,7 +154,10 @@ class Sections:
 
     def __init__(self, **sections) -> None:
         self.__dict__.update(sections)
-        for section in sections.values():
+        self.check_across()
+
+    def check_across(self) -> None:
+        for section in vars(self).values():
             if hasattr(section, "check_against"):
                 section.check_against(self)
 

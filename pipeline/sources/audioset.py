@@ -26,10 +26,19 @@ from tqdm import tqdm
 from pipeline.config.source import DownloadParams, SourceParams
 from pipeline.errors import AcquireError
 from pipeline.ontology import Ontology, OntologyError
+from pipeline.sources.clip_shards import (
+    STAGING_SUBDIR,
+    ClipStore,
+    Sealer,
+    assign_shards,
+    held_clips,
+    stage_clip,
+    staged_path,
+)
 from pipeline.sources.clips import ClipRules
 from pipeline.sources.download import DownloadSettings, Section, is_retryable
+from pipeline.sources.download_tasks import DownloadTask, fetch_sections
 from pipeline.sources.ffmpeg_binary import FfmpegMissing, ffmpeg_executable
-from pipeline.sources.clip_shards import STAGING_SUBDIR, ClipStore, assign_shards, held_clips, seal, staged_path
 from pipeline.sources.manifest import mark_failed, mark_ok, new_row, read_manifest_rows, write_manifest
 from pipeline.sources.segments import YTID_PATTERN, Segment, read_segments
 from pipeline.sources.workers import WorkerPool, WorkerStartError
@@ -204,19 +213,65 @@ class Pacer:
         return ready
 
 
+class Ledger:
+    """What a download run records, however its attempts are run: attempts and outcomes in
+    the rows, the give-up rule, the progress bar, and every few seconds the settled shards
+    sealed and the manifest rewritten."""
+
+    def __init__(self, rows: list[dict], raw_dir: Path, manifest: Path, todo: int):
+        self.rows, self.raw_dir, self.manifest = rows, raw_dir, manifest
+        self.sealer = Sealer(rows, raw_dir)
+        self.outcomes: Counter[str] = Counter()
+        self.streak = 0  # failed attempts in a row of a GIVE_UP_KINDS kind
+        self.touched: set[str] = set()
+        self.last_write = time.monotonic()
+        self.bar = tqdm(total=todo, desc="acquire audioset", unit="clip", file=sys.stderr)
+
+    def attempted(self, row: dict, kind: str | None, message: str | None) -> None:
+        row["attempts"] += 1
+        self.streak = self.streak + 1 if kind in GIVE_UP_KINDS else 0
+        if self.streak >= GIVE_UP_AFTER:
+            raise AcquireError(f"the last {self.streak} download attempts all failed "
+                               f"({kind}: {message}); {GIVE_UP_KINDS[kind]}. "
+                               "The manifest keeps what was done; run again later")
+
+    def settled(self, row: dict, kind: str | None, message: str | None, flac: bytes | None = None) -> None:
+        """The row's last attempt: ok (its clip staged, by the worker or from ``flac``) or failed."""
+        stamp = datetime.now(UTC)
+        if kind is None and flac is not None:
+            stage_clip(self.raw_dir, row, flac, stamp)
+        elif kind is None:
+            mark_ok(row, staged_path(self.raw_dir, row["id"]), stamp)
+        else:
+            mark_failed(row, kind, message, stamp)
+        self.touched.add(row["path"])
+        self.outcomes[kind or "ok"] += 1
+        self.bar.update()
+        self.bar.set_postfix(ok=self.outcomes["ok"], failed=self.bar.n - self.outcomes["ok"], refresh=False)
+
+    def checkpoint(self) -> None:
+        if time.monotonic() - self.last_write > MANIFEST_EVERY_SECONDS:
+            self.sealer.seal(self.touched)
+            self.touched = set()
+            write_manifest(self.rows, self.manifest)
+            self.last_write = time.monotonic()
+
+    def close(self) -> None:
+        self.bar.close()
+        write_manifest(self.rows, self.manifest)
+
+
 def download(rows: list[dict], raw_dir: Path, manifest: Path, settings: DownloadSettings,
              options: DownloadParams) -> Counter:
-    """Fetch every pending row, rewriting the manifest as it goes. Returns outcome counts."""
+    """Fetch every pending row with this machine's worker processes, rewriting the manifest
+    as it goes. Returns outcome counts."""
     todo = deque(r for r in rows if r["status"] == "pending")
-    outcomes: Counter[str] = Counter()
     if not todo:
-        return outcomes
+        return Counter()
     by_id = {r["id"]: r for r in todo}
     tries: Counter[str] = Counter()
     pace = Pacer(options.sleep_seconds)
-    streak = 0  # failed attempts in a row of a GIVE_UP_KINDS kind
-    last_write = time.monotonic()
-    bar = tqdm(total=len(todo), desc="acquire audioset", unit="clip", file=sys.stderr)
+    ledger = Ledger(rows, raw_dir, manifest, len(todo))
     try:
         with WorkerPool("pipeline.sources.download", settings.to_json(), min(options.workers, len(todo)),
                         options.timeout_seconds, Path(settings.work_dir)) as pool:
@@ -224,43 +279,54 @@ def download(rows: list[dict], raw_dir: Path, manifest: Path, settings: Download
                 todo.extend(by_id[key] for key in pace.due())
                 while todo and pool.idle and pace.may_start():
                     row = todo.popleft()
-                    pool.submit(asdict(Section(row["id"], row["origin"], row["start_seconds"],
-                                               row["end_seconds"], staged_path(raw_dir, row["id"]).name)))
+                    pool.submit(asdict(section_of(row, raw_dir)))
                     pace.started()
                 for task, reply, lost in pool.wait(timeout=0.2):
                     row = by_id[task["id"]]
-                    row["attempts"] += 1
                     tries[row["id"]] += 1
                     kind = lost or reply["error_kind"]
                     message = pool.crash_detail(lost) if lost else reply["error"]
-                    streak = streak + 1 if kind in GIVE_UP_KINDS else 0
-                    if streak >= GIVE_UP_AFTER:
-                        raise AcquireError(f"the last {streak} download attempts all failed "
-                                           f"({kind}: {message}); {GIVE_UP_KINDS[kind]}. "
-                                           "The manifest keeps what was done; run again later")
-                    stamp = datetime.now(UTC)
-                    if kind is None:
-                        mark_ok(row, staged_path(raw_dir, row["id"]), stamp)
-                    elif is_retryable(kind) and tries[row["id"]] <= options.retries:
-                        row.update(error_kind=kind, error=message, updated_at=stamp)
-                        delay = options.backoff_seconds * 2 ** (tries[row["id"]] - 1)
-                        pace.retry_later(row["id"], delay)
+                    ledger.attempted(row, kind, message)
+                    if kind is not None and is_retryable(kind) and tries[row["id"]] <= options.retries:
+                        row.update(error_kind=kind, error=message, updated_at=datetime.now(UTC))
+                        pace.retry_later(row["id"], options.backoff_seconds * 2 ** (tries[row["id"]] - 1))
                         continue
-                    else:
-                        mark_failed(row, kind, message, stamp)
-                    outcomes[kind or "ok"] += 1
-                    bar.update()
-                    bar.set_postfix(ok=outcomes["ok"], failed=bar.n - outcomes["ok"], refresh=False)
-                if time.monotonic() - last_write > MANIFEST_EVERY_SECONDS:
-                    seal(rows, raw_dir, final=False)
-                    write_manifest(rows, manifest)
-                    last_write = time.monotonic()
+                    ledger.settled(row, kind, message)
+                ledger.checkpoint()
     except WorkerStartError as error:
         raise AcquireError(str(error)) from None
     finally:
-        bar.close()
-        write_manifest(rows, manifest)
-    return outcomes
+        ledger.close()
+    return ledger.outcomes
+
+
+def download_on(engine, rows: list[dict], raw_dir: Path, manifest: Path, settings: DownloadSettings,
+                options: DownloadParams, task_clips: int) -> Counter:
+    """Fetch every pending row as cluster tasks of ``task_clips`` sections each
+    (:mod:`pipeline.sources.download_tasks`), recording as :func:`download` does."""
+    todo = [r for r in rows if r["status"] == "pending"]
+    if not todo:
+        return Counter()
+    chunks = [todo[start:start + task_clips] for start in range(0, len(todo), task_clips)]
+    tasks = (DownloadTask(tuple(section_of(row, raw_dir) for row in chunk), settings.to_json(),
+                          options.timeout_seconds, options.retries, options.backoff_seconds,
+                          options.sleep_seconds) for chunk in chunks)
+    ledger = Ledger(rows, raw_dir, manifest, len(todo))
+    try:
+        for chunk, results in zip(chunks, engine.map(fetch_sections, tasks)):
+            for row, result in zip(chunk, results):
+                for kind, message in result.attempts:
+                    ledger.attempted(row, kind, message)
+                ledger.settled(row, *result.attempts[-1], result.flac)
+            ledger.checkpoint()
+    finally:
+        ledger.close()
+    return ledger.outcomes
+
+
+def section_of(row: dict, raw_dir: Path) -> Section:
+    return Section(row["id"], row["origin"], row["start_seconds"], row["end_seconds"],
+                   staged_path(raw_dir, row["id"]).name)
 
 
 def settings_for(source: SourceParams, options: DownloadParams, rules: ClipRules,
@@ -280,14 +346,18 @@ def settings_for(source: SourceParams, options: DownloadParams, rules: ClipRules
 
 def acquire_audioset(source: SourceParams, options: DownloadParams, rules: ClipRules,
                      raw_dir: Path, manifest: Path, ontology: Ontology,
-                     retry_failed: bool = False) -> tuple[list[dict], list[str]]:
-    """Rows of the finished manifest, and lines for the summary."""
+                     retry_failed: bool = False, engine=None, task_clips: int = 16) -> tuple[list[dict], list[str]]:
+    """Rows of the finished manifest, and lines for the summary. With a cluster ``engine``
+    (:mod:`pipeline.engine`), the downloads run as its tasks."""
     settings = settings_for(source, options, rules, raw_dir)
     selection = plan(source, rules, ontology)
     rows = resume(selection.rows, read_previous(manifest), raw_dir, rules, retry_failed)
     before = Counter(r["status"] for r in rows)
     shutil.rmtree(settings.work_dir, ignore_errors=True)
-    outcomes = download(rows, raw_dir, manifest, settings, options)
+    if engine is None:
+        outcomes = download(rows, raw_dir, manifest, settings, options)
+    else:
+        outcomes = download_on(engine, rows, raw_dir, manifest, settings, options, task_clips)
     notes = ["this run:",
              f"  {outcomes['ok']:6d}  downloaded",
              f"  {sum(outcomes.values()) - outcomes['ok']:6d}  failed",

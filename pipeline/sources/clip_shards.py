@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 import soundfile as sf
 
 from pipeline.files import atomic_path, remove_partials
+from pipeline.sources.manifest import mark_ok
 
 CLIPS_SUBDIR = "clips"  # beside the manifest; every ok row's path is a shard in it
 STAGING_SUBDIR = ".staging"  # beside clips/; finished clips of shards not yet sealed
@@ -93,59 +94,78 @@ def held_clips(raw_dir: Path) -> dict[str, str]:
     return held
 
 
-def seal(rows: list[dict], raw_dir: Path, final: bool, keep_unlisted: bool = False) -> list[str]:
-    """Write every shard whose rows are all settled (not ``pending``) and whose file does not
-    hold exactly its ok rows' clips; with ``final``, remove the shards no row names and the
-    staged files no pending row needs. ``keep_unlisted`` keeps the clips of ids no row
-    names as staged files (a download each: widening the selection again adopts them).
-    Returns the shards written."""
-    raw_dir = Path(raw_dir)
-    (raw_dir / CLIPS_SUBDIR).mkdir(parents=True, exist_ok=True)
-    remove_partials(raw_dir / CLIPS_SUBDIR)
-    held = held_clips(raw_dir)
-    store = ClipStore(raw_dir)
-    own = {row["id"]: row["path"] for row in rows if row["status"] == "ok"}
-    unlisted = set(held) - {row["id"] for row in rows} if keep_unlisted else set()
-    for clip_id, shard in held.items():
-        # A clip held by another shard than its own (source.shard_clips changed) is staged
-        # first, so that rewriting one shard never loses a clip another still needs.
-        if own.get(clip_id, shard) != shard or clip_id in unlisted:
-            staged = staged_path(raw_dir, clip_id)
-            if not staged.exists():
-                with atomic_path(staged) as tmp:
-                    tmp.write_bytes(store.flac(shard, clip_id))
-    by_shard: dict[str, list[dict]] = {}
-    for row in rows:
-        if row["path"]:
-            by_shard.setdefault(row["path"], []).append(row)
-    written = []
-    for shard, members in by_shard.items():
-        if any(r["status"] == "pending" for r in members):
-            continue
-        ok = [r["id"] for r in members if r["status"] == "ok"]
-        staged = {key: staged_path(raw_dir, key) for key in ok}
-        staged = {key: file for key, file in staged.items() if file.exists()}
-        path = raw_dir / shard
-        if not staged and list(_intact_digests(path)) == ok and path.exists():
-            continue
-        old = ClipStore(raw_dir)  # reads the shard's earlier file while its new one is written beside it
-        write_shard(path, ((key, staged[key].read_bytes() if key in staged else old.flac(shard, key))
-                           for key in ok))
-        for file in staged.values():
-            file.unlink()
-        written.append(shard)
-    if final:
-        for stray in (raw_dir / CLIPS_SUBDIR).iterdir():
-            if f"{CLIPS_SUBDIR}/{stray.name}" not in by_shard:
+class Sealer:
+    """Seals the shards of ``rows`` as their rows settle.
+
+    Made once per run: it reads once which shard holds which clip, and first stages every
+    clip held by another shard than its own (``source.shard_clips`` changed) so that
+    rewriting one shard never loses a clip another still needs. ``keep_unlisted`` stages
+    the clips of ids no row names too (a download each: a wider selection adopts them).
+    """
+
+    def __init__(self, rows: list[dict], raw_dir: Path, keep_unlisted: bool = False):
+        self.raw_dir, self.keep_unlisted = Path(raw_dir), keep_unlisted
+        (self.raw_dir / CLIPS_SUBDIR).mkdir(parents=True, exist_ok=True)
+        remove_partials(self.raw_dir / CLIPS_SUBDIR)
+        self.rows, self.by_shard = rows, {}
+        for row in rows:
+            if row["path"]:
+                self.by_shard.setdefault(row["path"], []).append(row)
+        held, store = held_clips(self.raw_dir), ClipStore(self.raw_dir)
+        own = {row["id"]: row["path"] for row in rows if row["status"] == "ok"}
+        unlisted = set(held) - {row["id"] for row in rows} if keep_unlisted else set()
+        for clip_id, shard in held.items():
+            if own.get(clip_id, shard) != shard or clip_id in unlisted:
+                staged = staged_path(self.raw_dir, clip_id)
+                if not staged.exists():
+                    with atomic_path(staged) as tmp:
+                        tmp.write_bytes(store.flac(shard, clip_id))
+        self.sealed: set[str] = set()
+
+    def seal(self, shards: Iterable[str] | None = None) -> list[str]:
+        """Write each of ``shards`` (all by default) whose rows are all settled (not
+        ``pending``) and whose file does not hold exactly its ok rows' clips."""
+        written = []
+        for shard in self.by_shard if shards is None else set(shards):
+            members = self.by_shard.get(shard, [])
+            if shard in self.sealed or any(r["status"] == "pending" for r in members):
+                continue
+            self.sealed.add(shard)
+            ok = [r["id"] for r in members if r["status"] == "ok"]
+            staged = {key: staged_path(self.raw_dir, key) for key in ok}
+            staged = {key: file for key, file in staged.items() if file.exists()}
+            path = self.raw_dir / shard
+            if not staged and list(_intact_digests(path)) == ok and path.exists():
+                continue
+            old = ClipStore(self.raw_dir)  # the earlier file, read while the new one is written beside it
+            write_shard(path, ((key, staged[key].read_bytes() if key in staged else old.flac(shard, key))
+                               for key in ok))
+            for file in staged.values():
+                file.unlink()
+            written.append(shard)
+        return written
+
+    def finish(self) -> None:
+        """Seal what is settled; remove the shards no row names and the staged files that
+        no pending row (nor, with ``keep_unlisted``, an unlisted id) needs."""
+        self.seal()
+        for stray in (self.raw_dir / CLIPS_SUBDIR).iterdir():
+            if f"{CLIPS_SUBDIR}/{stray.name}" not in self.by_shard:
                 stray.unlink()
-        keep = {staged_path(raw_dir, r["id"]) for r in rows if r["status"] == "pending"}
-        if keep_unlisted:
-            listed = {staged_path(raw_dir, r["id"]) for r in rows}
-            keep |= {path for path in (raw_dir / STAGING_SUBDIR).glob("*.flac") if path not in listed}
-        for stray in (raw_dir / STAGING_SUBDIR).glob("*"):
+        keep = {staged_path(self.raw_dir, r["id"]) for r in self.rows if r["status"] == "pending"}
+        if self.keep_unlisted:
+            listed = {staged_path(self.raw_dir, r["id"]) for r in self.rows}
+            keep |= {path for path in (self.raw_dir / STAGING_SUBDIR).glob("*.flac") if path not in listed}
+        for stray in (self.raw_dir / STAGING_SUBDIR).glob("*"):
             if stray not in keep:
                 stray.unlink()
-    return written
+
+
+def stage_clip(raw_dir: Path, row: dict, flac: bytes, updated_at=None) -> None:
+    """A finished clip's bytes, staged atomically, and its row marked ok."""
+    with atomic_path(staged_path(raw_dir, row["id"])) as tmp:
+        tmp.write_bytes(flac)
+    mark_ok(row, flac, updated_at)
 
 
 class ClipMissing(KeyError):

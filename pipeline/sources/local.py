@@ -24,8 +24,8 @@ from tqdm import tqdm
 from pipeline.errors import AcquireError
 from pipeline.files import write_flac
 from pipeline.ontology import Ontology, OntologyError
-from pipeline.sources.clips import ClipRejected, ClipRules, check_finite, clip_windows, make_clip, resample, to_mono
 from pipeline.sources.clip_shards import staged_path
+from pipeline.sources.clips import ClipRejected, ClipRules, check_finite, clip_windows, make_clip, resample, to_mono
 from pipeline.sources.manifest import mark_failed, mark_ok, new_row
 
 SOURCE = "local"

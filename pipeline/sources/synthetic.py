@@ -21,11 +21,12 @@ from tqdm import tqdm
 from pipeline.config.core import Sections
 from pipeline.config.source import SourceParams
 from pipeline.config.spectrogram import spectrogram_spec
+from pipeline.engine import LocalEngine
 from pipeline.errors import AcquireError
-from pipeline.files import write_flac
+from pipeline.files import flac_bytes
 from pipeline.ontology import Ontology
-from pipeline.sources.clip_shards import staged_path
-from pipeline.sources.manifest import mark_ok, new_row
+from pipeline.sources.clip_shards import Sealer, assign_shards, stage_clip
+from pipeline.sources.manifest import new_row
 
 Recipe = Callable[[np.random.Generator, np.ndarray, int], np.ndarray]
 
@@ -422,20 +423,44 @@ def plan_synthetic(source: SourceParams, ontology: Ontology) -> list[SyntheticCl
     return clips
 
 
-def acquire_synthetic(params: Sections, raw_dir: Path, ontology: Ontology) -> list[dict]:
-    """Stage every clip, one manifest row each (see :mod:`pipeline.sources.clip_shards`)."""
+@dataclass(frozen=True)
+class SynthesisTask:
+    clips: tuple[SyntheticClip, ...]
+    sample_rate: int
+    clip_seconds: float
+
+
+def synthesize(task: SynthesisTask) -> list[bytes]:
+    """The FLAC bytes of each clip of ``task``: a partition, as an engine runs it."""
+    return [flac_bytes(render_clip(clip.cls, np.random.default_rng(clip.seed), task.sample_rate,
+                                   task.clip_seconds, overlay=clip.overlay), task.sample_rate)
+            for clip in task.clips]
+
+
+def acquire_synthetic(params: Sections, raw_dir: Path, ontology: Ontology, engine=None) -> list[dict]:
+    """Every clip staged and sealed into its shard (see :mod:`pipeline.sources.clip_shards`),
+    made in tasks of ``engine.task_clips`` clips on ``engine`` (:mod:`pipeline.engine`; None:
+    in this process)."""
     spec = spectrogram_spec(params.spectrogram, params.render)
+    clips = plan_synthetic(params.source, ontology)
     rows = []
-    for clip in tqdm(plan_synthetic(params.source, ontology), desc="acquire synthetic",
-                     unit="clip", file=sys.stderr):
-        audio = render_clip(clip.cls, np.random.default_rng(clip.seed), spec.sample_rate,
-                            spec.clip_seconds, overlay=clip.overlay)
-        staged = staged_path(raw_dir, clip.id)
-        write_flac(staged, audio, spec.sample_rate)
+    for clip in clips:
         labels = [ontology.resolve(clip.cls.name)]
         if clip.overlay is not None:
             labels.append(ontology.resolve(clip.overlay.name))
-        row = new_row(clip.id, "synthetic", clip.cls.recipe.__name__, labels, 0.0, spec.clip_seconds)
-        row["attempts"] = 1
-        rows.append(mark_ok(row, staged))
+        rows.append(new_row(clip.id, "synthetic", clip.cls.recipe.__name__, labels, 0.0, spec.clip_seconds))
+    assign_shards(rows, params.source.shard_clips)
+    sealer = Sealer(rows, raw_dir)
+    size = params.engine.task_clips
+    starts = range(0, len(clips), size)
+    tasks = (SynthesisTask(tuple(clips[start:start + size]), spec.sample_rate, spec.clip_seconds) for start in starts)
+    bar = tqdm(total=len(clips), desc="acquire synthetic", unit="clip", file=sys.stderr)
+    for start, flacs in zip(starts, (engine or LocalEngine()).map(synthesize, tasks)):
+        chunk = rows[start:start + size]
+        for row, flac in zip(chunk, flacs):
+            row["attempts"] = 1
+            stage_clip(raw_dir, row, flac)
+        sealer.seal({row["path"] for row in chunk})
+        bar.update(len(chunk))
+    bar.close()
     return rows

@@ -15,16 +15,18 @@ from collections import Counter
 from pathlib import Path
 
 from pipeline.config.core import PARAMS_YAML, Sections, load_sections
+from pipeline.config.engine import EngineParams
 from pipeline.config.source import DownloadParams, SourceParams
 from pipeline.config.spectrogram import RenderParams, SpectrogramParams, spectrogram_spec
+from pipeline.engine import open_engine
 from pipeline.errors import stage_main
 from pipeline.files import remove_partials
 from pipeline.ontology import Ontology
 from pipeline.paths import RAW_DIR
 from pipeline.sources.audioset import acquire_audioset
+from pipeline.sources.clip_shards import Sealer, assign_shards, staged_path
 from pipeline.sources.clips import ClipRules
 from pipeline.sources.local import acquire_local
-from pipeline.sources.clip_shards import assign_shards, seal, staged_path
 from pipeline.sources.manifest import write_manifest
 from pipeline.sources.synthetic import acquire_synthetic
 
@@ -44,19 +46,21 @@ def acquire(params: Sections, raw_dir: Path = RAW_DIR, ontology: Ontology | None
     source, manifest = params.source, raw_dir / MANIFEST_NAME
     remove_partials(staged_path(raw_dir, "").parent)
     notes: list[str] = []
-    if source.kind == "audioset":
-        # Sections outside this selection stay on disk: each cost a download, and widening
-        # the selection again picks them up.
-        rows, notes = acquire_audioset(source, params.download, clip_rules(params), raw_dir,
-                                       manifest, ontology, retry_failed)
-    else:
-        if source.kind == "synthetic":
-            rows = acquire_synthetic(params, raw_dir, ontology)
-        else:
+    cluster = params.engine.kind != "local"
+    with open_engine(params.engine) as engine:
+        if source.kind == "audioset":
+            # Sections outside this selection stay on disk: each cost a download, and widening
+            # the selection again picks them up.
+            rows, notes = acquire_audioset(source, params.download, clip_rules(params), raw_dir, manifest,
+                                           ontology, retry_failed, engine if cluster else None,
+                                           params.engine.task_clips)
+        elif source.kind == "synthetic":
+            rows = acquire_synthetic(params, raw_dir, ontology, engine)
+        else:  # your recordings are on this machine: read here, whatever the engine
             rows = acquire_local(Path(source.dir), Path(source.labels_csv), clip_rules(params),
                                  raw_dir, ontology)
-        assign_shards(rows, source.shard_clips)
-    seal(rows, raw_dir, final=True, keep_unlisted=source.kind == "audioset")
+            assign_shards(rows, source.shard_clips)
+    Sealer(rows, raw_dir, keep_unlisted=source.kind == "audioset").finish()
     write_manifest(rows, manifest)
     return rows, notes
 
@@ -93,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--retry-failed", action="store_true",
                         help="audioset: try permanent failures (removed, private...) again too")
     args = parser.parse_args(argv)
-    params = load_sections(args.params, source=SourceParams, download=DownloadParams,
+    params = load_sections(args.params, source=SourceParams, download=DownloadParams, engine=EngineParams,
                            spectrogram=SpectrogramParams, render=RenderParams)
     ontology = Ontology.load()
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop as cleanly as on Ctrl-C

@@ -26,8 +26,10 @@ from tqdm import tqdm
 
 from pipeline.audio.shard_writer import is_reusable, plan_shards, record_path, render_shard
 from pipeline.config.core import PARAMS_YAML, Sections, load_sections
+from pipeline.config.engine import EngineParams
 from pipeline.config.spectrogram import RenderParams, SpectrogramParams, spectrogram_spec
 from pipeline.config.subset import SubsetParams
+from pipeline.engine import open_engine
 from pipeline.errors import stage_main
 from pipeline.files import remove_partials, write_json
 from pipeline.paths import RAW_DIR, SHARDS_DIR, SPLITS, SUBSET_DIR
@@ -56,8 +58,12 @@ def render(params: Sections, index_path: Path = SUBSET_DIR / "index.parquet",
         report["rows"][task.split] += pq.read_metadata(task.path).num_rows
         report["skipped"] += [s for s in earlier if (s["split"], s["shard"]) == (task.split, task.path.name)]
     progress = tqdm(total=sum(len(t.rows) for t in todo), desc="render", unit="row", file=sys.stderr)
-    with _shard_pool(min(params.render.workers, len(todo))) as pool:
-        for task, (split, written, skipped, size) in zip(todo, pool.map(render_shard, todo)):
+    if params.engine.kind == "local":
+        pool, function = _shard_pool(min(params.render.workers, len(todo))), render_shard
+    else:  # the cluster's workers read data/raw and write data/shards: a folder they all mount
+        pool, function = open_engine(params.engine), render_shard_on_one_thread
+    with pool as runner:
+        for task, (split, written, skipped, size) in zip(todo, runner.map(function, todo)):
             report["rows"][split] += written
             report["skipped"] += [dict(id=i, split=split, reason=r, shard=task.path.name) for i, r in skipped]
             report["bytes_written"] += size
@@ -89,6 +95,12 @@ class _InProcess:
         return False
 
 
+def render_shard_on_one_thread(task):
+    """:func:`render_shard` as a cluster task: on one thread, as every local worker renders."""
+    torch.set_num_threads(1)
+    return render_shard(task)
+
+
 def _start_worker(parent_pid: int) -> None:
     die_with_parent(parent_pid)
     torch.set_num_threads(1)  # one process per core beats threads fighting over cores
@@ -116,7 +128,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--params", default=str(PARAMS_YAML))
     args = parser.parse_args(argv)
     report = render(load_sections(args.params, render=RenderParams, subset=SubsetParams,
-                                  spectrogram=SpectrogramParams))
+                                  spectrogram=SpectrogramParams, engine=EngineParams))
     print(f"rows per split {report['rows']}; {len(report['skipped'])} skipped "
           f"{report['skipped_by_reason']}; {report['shards_reused']} of {report['shards']} shards "
           f"reused; {report['bytes_written'] / 1e6:.1f} MB written", file=sys.stderr)
