@@ -19,7 +19,7 @@ from pipeline.stages.render import render
 from conftest import build_subset, render_into, tiny_params
 from media_server import MediaServer, make_media, write_segments
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 DIAL = "/m/015jpf"
 
 
