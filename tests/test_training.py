@@ -6,10 +6,12 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline.audio.shards import iter_batches, read_split
 from pipeline.models.diffusion import build_vae, uint8_to_pm1
 from pipeline.training.ema import EMA, with_ema
+from pipeline.training.latents import RowFile, SplitImages, encode_training_set
 from pipeline.training.resume import ResumableRun, TrainingError, run_fingerprint
-from pipeline.training.vae import scale_to_unit_variance, vae_crops, vae_step
+from pipeline.training.vae import scale_to_unit_variance, vae_crops, vae_mae_db, vae_step
 
 SETTINGS = {"steps": 10, "learning_rate": 0.1, "checkpoint_every": 5, "keep_checkpoints": 2, "log_every": 1}
 
@@ -102,3 +104,50 @@ def test_the_vae_step_learns_and_the_scaling_gives_unit_variance():
     factor = scale_to_unit_variance(vae, latents)
     assert vae.config.scaling_factor == factor
     assert (latents * factor).std().item() == pytest.approx(1.0)
+
+
+def test_a_row_file_gives_back_the_rows_asked_for():
+    rows = torch.randn(10, 4, 2, 2)
+    stored = RowFile((4, 2, 2))
+    stored.append(rows[:6])
+    stored.append(rows[6:])
+    assert len(stored) == 10
+    assert torch.equal(stored[[7, 0, 7, 3]], rows[[7, 0, 7, 3]])
+    assert torch.equal(stored[np.arange(10)], rows)
+
+
+@pytest.mark.slow
+def test_split_images_are_the_split_row_by_row(tiny_shards):
+    shards, _ = tiny_shards
+    whole = read_split("train", ["image"], shards)["image"]
+    images = SplitImages("train", shards, cached_groups=1)
+    assert len(images) == len(whole)
+    order = np.random.default_rng(0).permutation(len(whole))
+    assert np.array_equal(images[order], whole[order])
+
+
+def test_the_training_set_holds_each_caption_once_and_finds_every_rows(tiny_shards, tiny_base):
+    from pipeline.models.diffusion import caption_embeddings, load_pipeline
+
+    shards, params = tiny_shards
+    pipe = load_pipeline(tiny_base)
+    data = encode_training_set(pipe, shards, "cpu", vae_tuned=False)
+    captions = read_split("train", ["caption"], shards)["caption"]
+    states = caption_embeddings(pipe, captions)
+    assert len(data.caption_states) == len(set(captions) | {""}) < len(captions)
+    for row, caption in enumerate(captions):
+        assert torch.equal(data.caption_states[data.caption_index[row]], states[caption])
+
+
+def test_the_vae_error_summed_by_batch_is_the_mean_over_the_split(tiny_shards, tiny_base):
+    from pipeline.audio.spectrogram import image_to_log_mel
+    from pipeline.models.diffusion import load_pipeline, reconstruct
+
+    shards, params = tiny_shards
+    vae = load_pipeline(tiny_base).vae
+    whole = read_split("val", ["image", "log_mel"], shards)
+    recovered = image_to_log_mel(torch.from_numpy(reconstruct(vae, whole["image"])), params.spec,
+                                 n_frames=whole["log_mel"].shape[-1])
+    expected = float((recovered - torch.from_numpy(whole["log_mel"])).abs().double().mean())
+    batches = iter_batches("val", ["image", "log_mel"], batch_size=3, root=shards)
+    assert vae_mae_db(vae, batches, params.spec) == pytest.approx(expected, rel=1e-6)

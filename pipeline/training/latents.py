@@ -1,49 +1,119 @@
-"""The training split as the diffusion loop reads it: encoded once, sampled per step."""
+"""The training split as the training loops read it: images drawn from the shards, posteriors
+encoded once and sampled per step, none of it held whole in memory."""
 
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import torch
 from tqdm import tqdm
 
-from pipeline.audio.shards import iter_batches, shard_files
+from pipeline.audio.shards import ShardError, decode_png, iter_batches, shard_files
 from pipeline.config.train import TrainParams
 from pipeline.models.diffusion import caption_embeddings, uint8_to_pm1
+from pipeline.paths import SHARDS_DIR
 from pipeline.training.order import micro_batch_generator, micro_batch_rows
 from pipeline.training.resume import TrainingError
 from pipeline.training.vae import scale_to_unit_variance
 
 
+class SplitImages:
+    """A split's images by row number (in :func:`~pipeline.audio.shards.read_split`'s order), decoded when asked for:
+    memory holds a few row groups of PNG bytes, not the split."""
+
+    def __init__(self, split: str, root: Path | str = SHARDS_DIR, cached_groups: int = 4):
+        metadata = {path: pq.read_metadata(path) for path in shard_files(split, root)}
+        self.groups = [(path, g) for path, meta in metadata.items() for g in range(meta.num_row_groups)]
+        sizes = [metadata[path].row_group(g).num_rows for path, g in self.groups]
+        self.starts = np.cumsum([0, *sizes])
+        if not self.starts[-1]:
+            raise ShardError(f"split {split!r} under {root} has no rows; check {Path(root) / 'report.json'}")
+        self.cached_groups = cached_groups
+        self._cache: dict[int, list] = {}
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def _group(self, number: int) -> list:
+        if number not in self._cache:
+            if len(self._cache) >= self.cached_groups:
+                self._cache.pop(next(iter(self._cache)))
+            path, g = self.groups[number]
+            self._cache[number] = pq.ParquetFile(path).read_row_group(g, columns=["image"])["image"].to_pylist()
+        return self._cache[number]
+
+    def __getitem__(self, rows) -> np.ndarray:
+        """uint8 ``(len(rows), H, W)``."""
+        images = []
+        for row in rows:
+            number = int(np.searchsorted(self.starts, row, side="right")) - 1
+            images.append(decode_png(self._group(number)[row - self.starts[number]]["bytes"]))
+        return np.stack(images)
+
+
+class RowFile:
+    """Fixed-shape float32 rows written once to an unnamed temporary file (in ``TMPDIR``) and
+    read back by index: memory holds only the rows a batch asks for, however many there are.
+    Plain reads, not a memory map, whose pages would stay resident."""
+
+    def __init__(self, shape: tuple[int, ...]):
+        self.shape, self.count = tuple(shape), 0
+        self.row_bytes = 4 * int(np.prod(shape))
+        self.file = tempfile.TemporaryFile()
+
+    def append(self, rows: torch.Tensor) -> None:
+        self.file.write(rows.float().contiguous().numpy().tobytes())
+        self.count += len(rows)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, rows) -> torch.Tensor:
+        self.file.flush()
+        data = b"".join(os.pread(self.file.fileno(), self.row_bytes, int(i) * self.row_bytes) for i in rows)
+        return torch.from_numpy(np.frombuffer(data, dtype=np.float32).reshape(len(rows), *self.shape).copy())
+
+
+SCALING_ROWS = 4096  # latents a tuned VAE's scaling factor is measured on: a bounded, fixed sample
+
+
 @torch.no_grad()
-def cache_posteriors(vae, shards: Path, batch_size: int, device) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+def cache_posteriors(vae, shards: Path, batch_size: int, device) -> tuple[RowFile, RowFile, list[str]]:
     """One VAE posterior (mean, std) per training image, encoded once: at 512 px the encoder
-    would otherwise cost more than the U-Net step. Latents are sampled from them per step."""
-    means, stds, captions = [], [], []
+    would otherwise cost more than the U-Net step. Latents are sampled from them per step.
+    They go to files as they are made, so memory does not grow with the split."""
+    means = stds = None
+    captions: list[str] = []
     total = sum(pq.read_metadata(f).num_rows for f in shard_files("train", shards))
     progress = tqdm(total=total, desc="cache latents", unit="img", file=sys.stderr)
     for batch in iter_batches("train", ["caption", "image"], batch_size=batch_size, root=shards):
         posterior = vae.encode(uint8_to_pm1(batch["image"]).to(device, vae.dtype)).latent_dist
+        if means is None:
+            means, stds = RowFile(posterior.mean.shape[1:]), RowFile(posterior.std.shape[1:])
         means.append(posterior.mean.float().cpu())
         stds.append(posterior.std.float().cpu())
         captions += batch["caption"]
         progress.update(len(batch["caption"]))
     progress.close()
-    if not means:
+    if means is None:
         raise TrainingError(f"no training rows in {shards / 'train'}; check {shards / 'report.json'}")
-    return torch.cat(means), torch.cat(stds), captions
+    return means, stds, captions
 
 
 @dataclass
 class TrainingSet:
     """A VAE posterior per training image (latents are sampled from it at each step) and the
-    text-encoder states of its caption."""
+    text-encoder states of its caption (held once per distinct caption)."""
 
-    means: torch.Tensor
-    stds: torch.Tensor
+    means: RowFile
+    stds: RowFile
+    caption_index: torch.Tensor  # per row, its caption's place in caption_states
     caption_states: torch.Tensor
     unconditional: torch.Tensor  # the empty caption's states, for dropped captions
     scaling: float
@@ -52,18 +122,22 @@ class TrainingSet:
         """(scaled latents, caption states, its generator) of micro-batch ``index``; every draw
         comes from ``(train.seed, index)``, so a resumed run draws what an unbroken one would."""
         generator = micro_batch_generator(config.seed, index)
-        rows = torch.from_numpy(micro_batch_rows(index, len(self.means), config.batch_size, config.seed))
-        noise = torch.randn(self.means[rows].shape, generator=generator)
-        latents = ((self.means[rows] + self.stds[rows] * noise) * self.scaling).to(device)
-        return latents, self.caption_states[rows], generator
+        rows = micro_batch_rows(index, len(self.means), config.batch_size, config.seed)
+        means, stds = self.means[rows], self.stds[rows]
+        noise = torch.randn(means.shape, generator=generator)
+        latents = ((means + stds * noise) * self.scaling).to(device)
+        return latents, self.caption_states[self.caption_index[torch.from_numpy(rows)]], generator
 
 
 def encode_training_set(pipe, shards: Path, device, vae_tuned: bool) -> TrainingSet:
     """The training split through the pipeline's VAE and text encoder; a tuned VAE's latents
-    have a spread of their own, so its scaling is set anew, as the pre-training set it."""
+    have a spread of their own, so its scaling is set anew (on the first
+    :data:`SCALING_ROWS`), as the pre-training set it."""
     means, stds, captions = cache_posteriors(pipe.vae, shards, 32, device)
     if vae_tuned:
-        scale_to_unit_variance(pipe.vae, means)
+        scale_to_unit_variance(pipe.vae, means[range(min(len(means), SCALING_ROWS))])
     states_by_caption = caption_embeddings(pipe, captions)
-    return TrainingSet(means, stds, torch.stack([states_by_caption[c] for c in captions]),
-                       states_by_caption[""], pipe.vae.config.scaling_factor)
+    distinct = {caption: place for place, caption in enumerate(states_by_caption)}
+    return TrainingSet(means, stds, torch.tensor([distinct[c] for c in captions]),
+                       torch.stack(list(states_by_caption.values())), states_by_caption[""],
+                       pipe.vae.config.scaling_factor)

@@ -14,12 +14,12 @@ from pathlib import Path
 import torch
 from diffusers.optimization import get_scheduler
 
-from pipeline.audio.shards import read_split
+from pipeline.audio.shards import iter_batches
 from pipeline.config.train import TrainParams
 from pipeline.models.checkpoints import load_optimizer
 from pipeline.models.diffusion import diffusion_training_loss, load_pipeline, zero_terminal_snr
 from pipeline.training.ema import EMA
-from pipeline.training.latents import TrainingSet
+from pipeline.training.latents import SplitImages, TrainingSet
 from pipeline.training.resume import ResumableRun
 from pipeline.training.vae import finetune_vae, vae_mae_db
 
@@ -46,8 +46,9 @@ def load_base(base: Path, config: TrainParams, device):
 def adapt_vae(vae, shards: Path, spec, config: TrainParams, run: ResumableRun, live, accelerator) -> dict:
     """Fine-tune the VAE if asked (or take it from the checkpoint resumed from), and report
     its reconstruction error on the validation spectrograms before and after."""
-    validation = read_split("val", ["image", "log_mel"], shards)
-    before = vae_mae_db(vae, validation["image"], validation["log_mel"], spec)
+    def validation():
+        return iter_batches("val", ["image", "log_mel"], batch_size=32, root=shards)
+    before = vae_mae_db(vae, validation(), spec)
     if config.finetune_vae:
         if run.resumed is not None:
             run.restore(lambda state: vae.load_state_dict(state["vae"]))
@@ -55,14 +56,14 @@ def adapt_vae(vae, shards: Path, spec, config: TrainParams, run: ResumableRun, l
             def log(loss: float) -> None:  # dvclive rewrites its files at every step logged
                 live.log_metric("vae_finetune/loss", loss)
                 live.next_step()
-            finetune_vae(vae, read_split("train", ["image"], shards)["image"], config, accelerator.device,
+            finetune_vae(vae, SplitImages("train", shards), config, accelerator.device,
                          log if live else None)
         if accelerator.num_processes > 1:  # every process encodes its latents with the main one's VAE
             for tensor in vae.state_dict().values():
                 torch.distributed.broadcast(tensor, src=0)
     vae.requires_grad_(False).eval()
     # an untouched VAE reconstructs as it did: no second pass over the validation split
-    after = vae_mae_db(vae, validation["image"], validation["log_mel"], spec) if config.finetune_vae else before
+    after = vae_mae_db(vae, validation(), spec) if config.finetune_vae else before
     return {"vae_val_mae_db_before": before, "vae_val_mae_db_after": after}
 
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -49,18 +50,26 @@ def vae_crops(images: np.ndarray, size: int, rng: np.random.Generator) -> np.nda
     return np.stack([image[t:t + size, left:left + size] for image, t, left in zip(images, tops, lefts)])
 
 
-def vae_mae_db(vae, images: np.ndarray, log_mels: np.ndarray, spec: SpectrogramSpec) -> float:
-    """Mean absolute error, in dB on the native mel, of the VAE's reconstruction of images."""
-    recovered = image_to_log_mel(torch.from_numpy(reconstruct(vae, images)), spec, n_frames=log_mels.shape[-1])
-    return float((recovered - torch.from_numpy(log_mels)).abs().mean())
+def vae_mae_db(vae, batches: Iterable[dict], spec: SpectrogramSpec) -> float:
+    """Mean absolute error, in dB on the native mel, of the VAE's reconstruction of the
+    ``image`` of each batch against its ``log_mel``, summed batch by batch."""
+    total, count = 0.0, 0
+    for batch in batches:
+        log_mels = torch.from_numpy(batch["log_mel"])
+        recovered = image_to_log_mel(torch.from_numpy(reconstruct(vae, batch["image"])), spec,
+                                     n_frames=log_mels.shape[-1])
+        total += float((recovered - log_mels).abs().double().sum())
+        count += log_mels.numel()
+    return total / count
 
 
-def finetune_vae(vae, images: np.ndarray, config: TrainParams, device, log=None) -> None:
+def finetune_vae(vae, images, config: TrainParams, device, log=None) -> None:
     """The report's autoencoder fine-tuning (its Fig. 3.3/3.4), encoder and decoder both, on
-    uint8 spectrogram ``images``. Tuning the decoder alone cannot help: what a photo-trained
-    encoder drops of a spectrogram no decoder can draw back. Crops: the VAE is convolutional
-    without attention, so small squares teach it what whole images need, at a fraction of the
-    cost. ``log(loss)`` is called every ``train.log_every`` steps."""
+    uint8 spectrogram ``images`` (an array, or :class:`~pipeline.training.latents.SplitImages`).
+    Tuning the decoder alone cannot help: what a photo-trained encoder drops of a spectrogram
+    no decoder can draw back. Crops: the VAE is convolutional without attention, so small
+    squares teach it what whole images need, at a fraction of the cost. ``log(loss)`` is
+    called every ``train.log_every`` steps."""
     optimizer = torch.optim.AdamW(vae.parameters(), lr=config.vae_learning_rate)
     # a cosine decay to zero: at a constant rate the reconstructions stop improving early
     schedule = get_scheduler("cosine", optimizer, num_warmup_steps=0, num_training_steps=config.vae_steps)

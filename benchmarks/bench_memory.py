@@ -1,0 +1,104 @@
+"""Peak memory of the training stages as the data grows: 1×, 4× and 16× the default's clips.
+
+One synthetic source of 16× the default's `source.clips_per_class` is made once (on a 2-worker
+local Dask cluster); each scale takes as many clips per class, and mixtures, as that multiple
+of the default uses, and renders its own shards. Each stage then runs in a fresh process, with
+its steps cut to a few (memory is held by the data, not by the step count), and reports
+its peak resident set (`ru_maxrss`).
+
+    python benchmarks/bench_memory.py [--scales 1 4 16] [--stages train train_vocoder] [--code CHECKOUT]
+"""
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from pipeline.ontology import Ontology
+from pipeline.params import Params, parse
+from pipeline.sources.manifest import read_manifest
+from pipeline.sources.subset import build_index, write_subset
+from pipeline.stages.acquire import acquire
+from pipeline.stages.render import render
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE = ROOT / "models" / "pretrained"  # the default's image-pretrained base (`dvc pull` or `make run`)
+
+RUN = """
+import json, resource, sys
+from pathlib import Path
+from pipeline.params import parse
+params = parse(json.loads(sys.argv[1]))
+root = Path(sys.argv[2])
+stage = sys.argv[3]
+if stage == "train":
+    from pipeline.stages.train import train
+    train(params, root / "shards", Path(sys.argv[4]), root / "out" / "finetuned", root / "out" / "checkpoints",
+          root / "out" / "live")
+elif stage == "train_vocoder":
+    from pipeline.stages.train_vocoder import train_vocoder
+    train_vocoder(params, root / "shards", root / "subset" / "index.parquet", root / "raw", root / "out" / "vocoder",
+                  root / "out" / "vocoder_checkpoints")
+print(json.dumps({"peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def scaled(scale: int, largest: int) -> Params:
+    default = Params()
+    raw = default.to_dict()
+    raw["source"]["clips_per_class"] = default.source.clips_per_class * largest
+    # the default uses every clip of a class (40, under its cap of 60): so does each scale
+    raw["subset"] |= {"max_per_class": default.source.clips_per_class * scale,
+                      "mixtures": default.subset.mixtures * scale}
+    raw["train"] |= {"steps": 4, "vae_steps": 4, "checkpoint_every": 1000}
+    raw["vocoder"] |= {"steps": 4, "checkpoint_every": 1000}
+    return parse(raw)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--scales", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--stages", nargs="+", default=["train", "train_vocoder"])
+    parser.add_argument("--code", type=Path, nargs="+", default=[ROOT],
+                        help="checkouts whose stages run, each on the same data (another commit's, to compare)")
+    args = parser.parse_args()
+    if "train" in args.stages and not (BASE / "model_index.json").exists():
+        raise SystemExit(f"{BASE} is missing: `dvc pull pretrain` or `make run` first")
+    ontology = Ontology.load()
+    largest = max(args.scales)
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        source = scaled(largest, largest)
+        source = parse(source.to_dict() | {"engine": {"kind": "dask", "workers": 2}})
+        acquire(source, tmp / "raw", ontology)
+        for scale in args.scales:
+            params = scaled(scale, largest)
+            root = tmp / f"x{scale}"
+            root.mkdir()
+            (root / "raw").symlink_to(tmp / "raw")
+            table, report = build_index(read_manifest(tmp / "raw" / "manifest.parquet"), params.subset, ontology)
+            write_subset(table, report, root / "subset")
+            rendered = render(params, root / "subset" / "index.parquet", root / "raw", root / "shards")
+            for code in args.code:
+                for stage in args.stages:
+                    shutil.rmtree(root / "out", ignore_errors=True)
+                    out = subprocess.run([sys.executable, "-c", RUN, json.dumps(params.to_dict()), str(root), stage,
+                                          str(BASE)], cwd=code, check=True, capture_output=True, text=True)
+                    peak = json.loads(out.stdout.strip().splitlines()[-1])["peak_mb"]
+                    results[(code, scale, stage)] = (rendered["rows"].get("train", 0), peak)
+                    print(f"  {code} x{scale} {stage}: {peak:.0f} MB", file=sys.stderr)
+    print("| code | stage | scale | training rows | peak RSS (MB) | vs 1× |\n|---|---|---|---|---|---|")
+    for code in args.code:
+        for stage in args.stages:
+            first = results[(code, args.scales[0], stage)][1]
+            for scale in args.scales:
+                rows, peak = results[(code, scale, stage)]
+                print(f"| {code.name} | {stage} | {scale}× | {rows} | {peak:.0f} | {peak / first:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
