@@ -29,8 +29,6 @@ class EngineError(PipelineError, RuntimeError):
 class LocalEngine:
     """The partitions in this process, one after another."""
 
-    workers = 1
-
     @staticmethod
     def map(function: Callable, partitions: Iterable) -> Iterator:
         return map(function, partitions)
@@ -53,7 +51,8 @@ class DaskEngine:
         window: deque = deque()
         partitions = iter(partitions)
         while True:
-            while len(window) < 2 * self.workers and (partition := next(partitions, _END)) is not _END:
+            in_flight = 2 * self.workers  # asked once a result: workers may come and go while it runs
+            while len(window) < in_flight and (partition := next(partitions, _END)) is not _END:
                 window.append(self.client.submit(function, partition, pure=False))
             if not window:
                 return

@@ -161,8 +161,10 @@ def resume(rows: list[dict], previous: dict[str, dict], raw_dir: Path, rules: Cl
                 row.update(before | {"path": row["path"]})
             else:
                 row["attempts"] = max(1, before["attempts"] if before else 0)
-                found = raw_dir / held[row["id"]] if row["id"] in held else staged
-                clip = store.flac(held[row["id"]], row["id"]) if row["id"] in held else staged
+                if row["id"] in held:
+                    found, clip = raw_dir / held[row["id"]], store.flac(held[row["id"]], row["id"])
+                else:
+                    found = clip = staged
                 mark_ok(row, clip, datetime.fromtimestamp(found.stat().st_mtime, UTC))
         elif before is not None:
             row["attempts"] = before["attempts"]

@@ -112,6 +112,9 @@ class Sealer:
             if row["path"]:
                 self.by_shard.setdefault(row["path"], []).append(row)
         held, store = held_clips(self.raw_dir), ClipStore(self.raw_dir)
+        self.held: dict[str, list[str]] = {}  # shard -> its clip ids in order, as this run found it
+        for clip_id, shard in held.items():
+            self.held.setdefault(shard, []).append(clip_id)
         own = {row["id"]: row["path"] for row in rows if row["status"] == "ok"}
         unlisted = set(held) - {row["id"] for row in rows} if keep_unlisted else set()
         for clip_id, shard in held.items():
@@ -135,7 +138,7 @@ class Sealer:
             staged = {key: staged_path(self.raw_dir, key) for key in ok}
             staged = {key: file for key, file in staged.items() if file.exists()}
             path = self.raw_dir / shard
-            if not staged and list(_intact_digests(path)) == ok and path.exists():
+            if not staged and self.held.get(shard, []) == ok and path.exists():
                 continue
             old = ClipStore(self.raw_dir)  # the earlier file, read while the new one is written beside it
             write_shard(path, ((key, staged[key].read_bytes() if key in staged else old.flac(shard, key))
