@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline.audio.waveforms import split_waveforms
+from pipeline.audio.waveforms import SplitAudio
 from pipeline.models.vocoder import griffin_lim, load_vocoder, neural
 from pipeline.paths import RAW_DIR, SHARDS_DIR, SUBSET_DIR
 
@@ -45,10 +45,10 @@ def main() -> None:
     parser.add_argument("--vocoder", default="models/vocoder")
     parser.add_argument("--clips", type=int, default=8)
     args = parser.parse_args()
-    test = split_waveforms("test", SHARDS_DIR, SUBSET_DIR / "index.parquet", RAW_DIR, mix_domain=None)
-    spec = test["spec"]
+    test = SplitAudio("test", SHARDS_DIR, SUBSET_DIR / "index.parquet", RAW_DIR, mix_domain=None)
+    spec = test.spec
     vocoder = load_vocoder(Path(args.vocoder), spec)
-    log_mels = torch.from_numpy(test["log_mel"][:args.clips])
+    log_mels = torch.from_numpy(next(test.batches(args.clips))["log_mel"])
     seconds = spec.n_frames * spec.hop_length / spec.sample_rate
     print(f"{len(log_mels)} test clips of {seconds:.1f} s, CPU threads {torch.get_num_threads()}, batch 1")
     slow = real_time_factor(lambda mel, seed: griffin_lim(mel, spec, seed), log_mels, seconds)

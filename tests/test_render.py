@@ -10,8 +10,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from pipeline.audio.shards import ShardError, iter_batches, read_spec, shard_files
+from pipeline.audio.shards import ShardError, iter_batches, iter_rows, read_spec, shard_files
 from pipeline.audio.spectrogram import image_to_log_mel, log_mel_to_image, waveform_to_log_mel
+from pipeline.audio.waveforms import SplitAudio, row_clips
 from pipeline.params import render_profile
 
 from conftest import ROOT, audio_bytes, build_subset, read_clip, render_into, replace_clips
@@ -281,3 +282,26 @@ def _is_zombie(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] == "Z"
     except OSError:
         return True
+
+
+@pytest.mark.parametrize("mix_domain", ["waveform", None])
+def test_split_audio_reads_the_same_rows_in_any_batch_size(rendered, mix_domain):
+    """A split's audio a few rows at a time is the whole split's, row for row: fixed-size batches
+    (the last fewer), each row's waveform its clips' mean, mixtures only in the waveform domain."""
+    tmp_path = rendered[0]
+    audio = SplitAudio("train", tmp_path / "shards", tmp_path / "subset" / "index.parquet", tmp_path / "raw",
+                       mix_domain)
+    small, whole = list(audio.batches(3)), list(audio.batches(10_000))
+    assert len(whole) == 1 and [len(b["id"]) for b in small[:-1]] == [3] * (len(small) - 1)
+    assert [i for b in small for i in b["id"]] == whole[0]["id"]
+    assert torch.equal(torch.cat([b["waveform"] for b in small]), whole[0]["waveform"])
+    assert np.array_equal(np.concatenate([b["log_mel"] for b in small]), whole[0]["log_mel"])
+    rows = {r["id"]: r for r in iter_rows("train", ["id", "is_mixture", "log_mel"], tmp_path / "shards")}
+    mixtures = [i for i in whole[0]["id"] if rows[i]["is_mixture"]]
+    assert bool(mixtures) == (mix_domain == "waveform")
+    index = {r["id"]: r for r in pq.read_table(tmp_path / "subset" / "index.parquet").to_pylist()}
+    first = index[mixtures[0] if mixtures else whole[0]["id"][0]]
+    assert torch.equal(whole[0]["waveform"][whole[0]["id"].index(first["id"])],
+                       row_clips(first, audio.store, audio.spec).mean(dim=0))
+    digests = audio.clip_sha256()
+    assert len(digests) == sum(len(index[i]["paths"]) for i in whole[0]["id"]) and None not in digests

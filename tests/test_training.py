@@ -9,8 +9,9 @@ import torch
 from pipeline.audio.shards import iter_batches, read_split
 from pipeline.models.diffusion import build_vae, uint8_to_pm1
 from pipeline.training.ema import EMA, with_ema
-from pipeline.training.latents import RowFile, SplitImages, encode_training_set
+from pipeline.training.latents import SplitImages, encode_training_set
 from pipeline.training.resume import ResumableRun, TrainingError, run_fingerprint
+from pipeline.training.rows import RowFile
 from pipeline.training.vae import scale_to_unit_variance, vae_crops, vae_mae_db, vae_step
 
 SETTINGS = {"steps": 10, "learning_rate": 0.1, "checkpoint_every": 5, "keep_checkpoints": 2, "log_every": 1}

@@ -22,7 +22,7 @@ import torch
 
 from pipeline.audio.shards import encode_png, read_fingerprint, shard_schema
 from pipeline.audio.spectrogram import SpectrogramSpec, log_mel_to_grey, waveform_to_log_mel
-from pipeline.audio.waveforms import SkipRow, row_clips
+from pipeline.audio.waveforms import SkipRow, row_clips, row_digests
 from pipeline.files import atomic_path, sha256_file, write_json
 from pipeline.paths import SPLITS
 from pipeline.provenance import code_digest
@@ -123,8 +123,7 @@ def plan_shards(index: pa.Table, spec: SpectrogramSpec, mix_domain: str, shard_r
             chunk = rows[start:start + shard_rows]
             tasks.append(ShardTask(
                 split=split, number=number, rows=chunk,
-                clip_sha256=[[store.sha256(*clip) for clip in zip(row["paths"], row["source_ids"])]
-                             for row in chunk],
+                clip_sha256=[row_digests(row, store) for row in chunk],
                 spec=spec, mix_domain=mix_domain, row_group_rows=row_group_rows, raw_dir=raw_dir,
                 path=out_dir / split / f"part-{number:05d}.parquet"))
     return tasks

@@ -13,12 +13,13 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import torch
 from PIL import Image
 
 from pipeline.audio.spectrogram import SpectrogramSpec
@@ -135,6 +136,38 @@ def iter_batches(split: str, columns: Sequence[str] | None = None, batch_size: i
         pending = buffer.slice(full) if full < len(buffer) else None
     if pending is not None and len(pending) and not drop_last:
         yield _decode(pending, spec)
+
+
+def iter_rows(split: str, columns: Sequence[str], root: Path | str = SHARDS_DIR,
+              single_clips: bool = False) -> Iterator[dict]:
+    """A split's rows one at a time, in shard order (a few row groups held), as
+    :func:`iter_batches` decodes them; ``single_clips`` leaves mixtures out."""
+    for batch in iter_batches(split, list(dict.fromkeys([*columns, "is_mixture"])), batch_size=64, root=root):
+        for i, mixture in enumerate(batch["is_mixture"]):
+            if not (single_clips and mixture):
+                yield {c: batch[c][i] for c in columns}
+
+
+def in_batches(rows: Iterable[dict], size: int) -> Iterator[dict]:
+    """Rows gathered ``size`` at a time (the last batch fewer): arrays and tensors stacked,
+    other values listed. Fixed sizes keep a network's batches, and so its last bits, as they
+    were over the whole split."""
+    pending: list[dict] = []
+    for row in rows:
+        pending.append(row)
+        if len(pending) == size:
+            yield _gathered(pending)
+            pending = []
+    if pending:
+        yield _gathered(pending)
+
+
+def _gathered(rows: list[dict]) -> dict:
+    def gather(values: list):
+        if isinstance(values[0], torch.Tensor):
+            return torch.stack(values)
+        return np.stack(values) if isinstance(values[0], np.ndarray) else values
+    return {c: gather([row[c] for row in rows]) for c in rows[0]}
 
 
 def read_split(split: str, columns: Sequence[str], root: Path | str = SHARDS_DIR) -> dict:

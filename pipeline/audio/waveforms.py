@@ -8,6 +8,7 @@ mean; a mel-domain mixture has no waveform and is left out).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ import pyarrow.parquet as pq
 import soundfile as sf
 import torch
 
-from pipeline.audio.shards import ShardError, read_spec, read_split, shard_files
+from pipeline.audio.shards import ShardError, in_batches, iter_rows, read_spec, shard_files
 from pipeline.audio.spectrogram import SpectrogramSpec
 from pipeline.sources.clip_shards import ClipMissing, ClipStore
 
@@ -54,25 +55,47 @@ def row_clips(row: dict, store: ClipStore, spec: SpectrogramSpec) -> torch.Tenso
                                       for shard, clip_id in zip(row["paths"], row["source_ids"])]))
 
 
-def split_waveforms(split: str, shards: Path, index_path: Path, raw_dir: Path, mix_domain: str | None) -> dict:
-    """The rows of a shard split that have a waveform, with it: ``waveform`` ``(N, samples)``
-    float32, ``log_mel`` ``(N, n_mels, frames)`` as rendered, ``target``, ``is_mixture``, and
-    ``clip_sha256``, the recorded digests of the clips the waveforms were made from, in order.
-    ``mix_domain`` is ``subset.mix_domain``; None takes single clips only."""
-    spec = read_spec(shard_files(split, shards)[0])
-    rows = read_split(split, ["id", "log_mel", "target", "is_mixture"], shards)
-    index = {row["id"]: row for row in pq.read_table(index_path, columns=["id", "paths", "source_ids"]).to_pylist()}
-    keep = [i for i, mixture in enumerate(rows["is_mixture"]) if not mixture or mix_domain == "waveform"]
-    store, waveforms, digests = ClipStore(raw_dir), [], []
-    for i in keep:
-        try:
-            row = index[rows["id"][i]]
-            waveforms.append(row_clips(row, store, spec).mean(dim=0))
-            digests += [store.sha256(*clip) for clip in zip(row["paths"], row["source_ids"])]
-        except (KeyError, SkipRow) as error:
-            raise ShardError(f"{rows['id'][i]} of {shards / split}: its audio is gone or changed since "
-                             f"render ({error}); run `dvc repro render`") from None
-    return {"waveform": torch.stack(waveforms) if waveforms else torch.zeros(0, spec.num_samples),
-            "log_mel": rows["log_mel"][keep], "target": [rows["target"][i] for i in keep],
-            "is_mixture": [bool(rows["is_mixture"][i]) for i in keep], "spec": spec,
-            "clip_sha256": digests}
+def row_digests(row: dict, store: ClipStore) -> list[str | None]:
+    """The recorded digests of a subset row's clips, in order (None for a clip not there)."""
+    return [store.sha256(shard, clip_id) for shard, clip_id in zip(row["paths"], row["source_ids"])]
+
+
+AUDIO_BATCH = 256  # rows held as audio at once (160 MB of 10 s clips at 16 kHz): a multiple of every extractor's batch
+
+
+class SplitAudio:
+    """The rows of a shard split that have a waveform, read a bounded batch at a time: a
+    waveform-domain mixture is its clips' mean; a mel-domain mixture has none and is left out
+    (``mix_domain`` is ``subset.mix_domain``; None takes single clips only)."""
+
+    def __init__(self, split: str, shards: Path, index_path: Path, raw_dir: Path, mix_domain: str | None):
+        self.split, self.shards, self.single_clips = split, Path(shards), mix_domain != "waveform"
+        self.spec = read_spec(shard_files(split, shards)[0])
+        self.index = {row["id"]: row for row in
+                      pq.read_table(index_path, columns=["id", "paths", "source_ids"]).to_pylist()}
+        self.store = ClipStore(raw_dir)
+
+    def _rows(self, columns: list[str]) -> Iterator[dict]:
+        for row in iter_rows(self.split, ["id", *columns], self.shards, self.single_clips):
+            if row["id"] not in self.index:
+                raise ShardError(f"{row['id']} of {self.shards / self.split} is not in the subset index; "
+                                 "run `dvc repro render`")
+            yield row | {"clips": self.index[row["id"]]}
+
+    def clip_sha256(self) -> list[str | None]:
+        """The recorded digests of the clips the waveforms are made from, in order; no audio is read."""
+        return [digest for row in self._rows([]) for digest in row_digests(row["clips"], self.store)]
+
+    def _with_audio(self) -> Iterator[dict]:
+        for row in self._rows(["log_mel", "target"]):
+            try:
+                waveform = row_clips(row.pop("clips"), self.store, self.spec).mean(dim=0)
+            except SkipRow as error:
+                raise ShardError(f"{row['id']} of {self.shards / self.split}: its audio is gone or changed since "
+                                 f"render ({error}); run `dvc repro render`") from None
+            yield row | {"waveform": waveform}
+
+    def batches(self, batch_rows: int = AUDIO_BATCH) -> Iterator[dict]:
+        """``{"id", "target": lists, "log_mel": (B, n_mels, frames) as rendered, "waveform": (B, samples)
+        float32}``, ``batch_rows`` rows each (the last fewer), in shard order."""
+        return in_batches(self._with_audio(), batch_rows)

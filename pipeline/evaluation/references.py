@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from pipeline.audio.shards import read_single_clips
 from pipeline.audio.spectrogram import SpectrogramSpec, log_mel_to_grey
-from pipeline.audio.waveforms import split_waveforms
+from pipeline.audio.waveforms import SplitAudio
 from pipeline.config.spectrogram import format_resolution, parse_resolution
 from pipeline.errors import ModelError
 from pipeline.evaluation.extractors import Inception, SoundEmbedding, clip_features
@@ -94,40 +94,50 @@ class Judge:
         return cls(config["class_ids"], config["class_names"], heads, features, record)
 
 
+def real_features(clips: SplitAudio, sound: SoundEmbedding, inception: Inception, resolutions: list[str],
+                  progress) -> dict[str, np.ndarray]:
+    """A split's aisfx blocks (``audio``) and its Inception features at each geometry, a batch of
+    clips at a time."""
+    parts: dict[str, list[np.ndarray]] = {key: [] for key in ["audio", *resolutions]}
+    for batch in clips.batches():
+        parts["audio"].append(sound(batch["waveform"], progress))
+        for resolution in resolutions:
+            images = log_mel_to_grey(torch.from_numpy(batch["log_mel"]), clips.spec, *parse_resolution(resolution))
+            parts[resolution].append(inception(images.numpy(), progress))
+    return {key: np.concatenate(values) for key, values in parts.items()}
+
+
 def fit_judge(shards: Path, index: Path, raw_dir: Path, resolutions: list[str], inception: Inception) -> Judge:
-    splits = {split: split_waveforms(split, shards, index, raw_dir, mix_domain=None)  # single clips: one class each
-              for split in ("train", "val", "test")}
-    spec: SpectrogramSpec = splits["train"]["spec"]
+    splits = ("train", "val", "test")
+    audio = {split: SplitAudio(split, shards, index, raw_dir, mix_domain=None)  # single clips: one class each
+             for split in splits}
+    spec: SpectrogramSpec = audio["train"].spec
     sound = SoundEmbedding(spec.sample_rate)
     # the training geometry always: VAE reconstructions, long and in-painted clips are read there
     resolutions = list(dict.fromkeys([format_resolution(spec.image_size, spec.image_size), *resolutions]))
-    train_rows = read_single_clips("train", ["target", "target_name"], shards)
-    names = dict(zip(train_rows["target"], train_rows["target_name"]))
-    class_ids = sorted(set(splits["train"]["target"]))
-    labels = {s: label_indices(class_ids, d["target"]) for s, d in splits.items()}
-    total = sum(len(d["target"]) for d in splits.values()) * (1 + len(resolutions))
+    rows = {split: read_single_clips(split, ["target", "target_name"], shards) for split in splits}
+    names = dict(zip(rows["train"]["target"], rows["train"]["target_name"]))
+    class_ids = sorted(set(rows["train"]["target"]))
+    labels = {s: label_indices(class_ids, r["target"]) for s, r in rows.items()}
+    total = sum(len(r["target"]) for r in rows.values()) * (1 + len(resolutions))
     progress = tqdm(total=total, desc="fit_judge features", unit="clip", file=sys.stderr)
+    per_split = {split: real_features(audio[split], sound, inception, resolutions, progress) for split in splits}
     heads, features, choices = {}, {}, {}
 
-    def head(name: str, per_split: dict[str, np.ndarray]) -> None:
-        known = {s: labels[s] >= 0 for s in per_split}
+    def head(name: str, by_split: dict[str, np.ndarray]) -> None:
+        known = {s: labels[s] >= 0 for s in by_split}
         heads[name], choices[name] = fit_on_validation(
-            per_split["train"][known["train"]], labels["train"][known["train"]],
-            per_split["val"][known["val"]], labels["val"][known["val"]], len(class_ids))
+            by_split["train"][known["train"]], labels["train"][known["train"]],
+            by_split["val"][known["val"]], labels["val"][known["val"]], len(class_ids))
         test = known["test"]
-        choices[name]["test_accuracy"] = float((heads[name].predict(per_split["test"][test])
+        choices[name]["test_accuracy"] = float((heads[name].predict(by_split["test"][test])
                                                 == labels["test"][test]).mean()) if test.any() else None
 
-    blocks = {s: sound(d["waveform"], progress) for s, d in splits.items()}
-    head("audio", {s: clip_features(b) for s, b in blocks.items()})
-    features["test.audio"], features["train.audio"] = blocks["test"], blocks["train"]
+    head("audio", {s: clip_features(f["audio"]) for s, f in per_split.items()})
+    features["test.audio"], features["train.audio"] = per_split["test"]["audio"], per_split["train"]["audio"]
     for resolution in resolutions:
-        height, width = parse_resolution(resolution)
-        images = {s: log_mel_to_grey(torch.from_numpy(d["log_mel"]), spec, height, width).numpy()
-                  for s, d in splits.items()}
-        inception_features = {s: inception(images[s], progress) for s in splits}
-        head(f"image.{resolution}", inception_features)
-        features[f"test.image.{resolution}"] = inception_features["test"]
+        head(f"image.{resolution}", {s: f[resolution] for s, f in per_split.items()})
+        features[f"test.image.{resolution}"] = per_split["test"][resolution]
     progress.close()
     features["test.labels"] = labels["test"]
     record = {"extractors": {"image": inception.record(), "audio": sound.record()},

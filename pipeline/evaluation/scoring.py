@@ -14,9 +14,9 @@ from PIL import Image
 from safetensors.torch import load_file
 from tqdm import tqdm
 
-from pipeline.audio.shards import read_single_clips
+from pipeline.audio.shards import in_batches, iter_rows
 from pipeline.audio.spectrogram import SpectrogramSpec, image_to_log_mel, log_mel_to_grey
-from pipeline.audio.waveforms import split_waveforms
+from pipeline.audio.waveforms import AUDIO_BATCH, SplitAudio
 from pipeline.config.core import Sections
 from pipeline.config.spectrogram import format_resolution, parse_resolution
 from pipeline.errors import ModelError
@@ -125,29 +125,35 @@ def score_set(scorer: Scorer, folder: Path, key: str, reference: np.ndarray, hea
     return per_class, written
 
 
-def vae_reconstruction(scorer: Scorer, model_dir: Path, real_mels: np.ndarray, class_ids: list[str]) -> None:
-    """The fine-tuned VAE redrawing the real test clips at the training geometry: the error in
-    dB on the native mel, and how often the image judge still hears their class."""
+def vae_reconstruction(scorer: Scorer, model_dir: Path, shards: Path) -> None:
+    """The fine-tuned VAE redrawing the real test clips at the training geometry, a batch at a
+    time: the error in dB on the native mel, and how often the image judge still hears their class."""
     spec = scorer.spec
     vae = AutoencoderKL.from_pretrained(model_dir / "vae", use_safetensors=True).eval()
     vae.to(compute_device())  # SD's VAE at 512 px: seconds an image on a CPU
-    drawn = reconstruct(vae, log_mel_to_grey(torch.from_numpy(real_mels), spec).numpy())
-    recovered = image_to_log_mel(torch.from_numpy(drawn), spec, n_frames=real_mels.shape[-1])
-    scorer.mean("reconstruction.vae.mae_db", (recovered - torch.from_numpy(real_mels)).abs().mean(dim=(1, 2)))
-    scorer.mean("reconstruction.vae.accuracy", scorer.image_hits(recovered, class_ids))
+    errors, hits = [], []
+    for batch in in_batches(iter_rows("test", ["log_mel", "target"], shards, single_clips=True), AUDIO_BATCH):
+        real = torch.from_numpy(batch["log_mel"])
+        drawn = reconstruct(vae, log_mel_to_grey(real, spec).numpy())
+        recovered = image_to_log_mel(torch.from_numpy(drawn), spec, n_frames=real.shape[-1])
+        errors.append((recovered - real).abs().mean(dim=(1, 2)).numpy())
+        hits.append(scorer.image_hits(recovered, batch["target"]))
+    scorer.mean("reconstruction.vae.mae_db", np.concatenate(errors))
+    scorer.mean("reconstruction.vae.accuracy", np.concatenate(hits))
 
 
-def vocoder_scores(scorer: Scorer, vocoders: dict[str, Vocode], log_mels: np.ndarray, waveforms: torch.Tensor,
-                   class_ids: list[str]) -> dict:
+def vocoder_scores(scorer: Scorer, vocoders: dict[str, Vocode], test: SplitAudio) -> dict:
     """Each vocoder resynthesising the real test clips: mel error in dB, STFT distance to the
     real audio, what the audio judge hears; returns the real-time factors (timings)."""
+    def listen(audio: torch.Tensor, batch: dict) -> np.ndarray:
+        return scorer.judge.hits("audio", clip_features(scorer.sound(audio)), batch["target"])
+
     timings = {}
     for name, vocode in vocoders.items():
-        run = resynthesis_scores(vocode, torch.from_numpy(log_mels), waveforms, scorer.spec)
+        run = resynthesis_scores(vocode, test.batches(), scorer.spec, listen)
         scorer.mean(f"vocoder.{name}.mel_l1_db", run["mel_l1_db"])
         scorer.mean(f"vocoder.{name}.mrstft", run["mrstft"])
-        scorer.mean(f"vocoder.{name}.accuracy",
-                    scorer.judge.hits("audio", clip_features(scorer.sound(run["audio"])), class_ids))
+        scorer.mean(f"vocoder.{name}.accuracy", run["heard"])
         timings[name] = {"real_time_factor": run["real_time_factor"]}
     return timings
 
@@ -181,8 +187,9 @@ def inpaint_scores(scorer: Scorer, folder: Path, shards: Path) -> None:
     if not len(rows):
         raise ModelError(f"{folder}: no in-painted test clips; run `dvc repro sample`")
     drawn = load_file(str(folder / INPAINTED))
-    test = read_single_clips("test", ["id", "log_mel"], shards)
-    originals = dict(zip(test["id"], test["log_mel"]))
+    wanted = set(rows.test_id)
+    originals = {row["id"]: row["log_mel"] for row in iter_rows("test", ["id", "log_mel"], shards, single_clips=True)
+                 if row["id"] in wanted}
     regions, outside = [], []
     for k, row in enumerate(rows.itertuples()):
         log_mel, mask = drawn["log_mel"][k], drawn["mask"][k].bool()
@@ -198,8 +205,8 @@ def evaluate(params: Sections, shards: Path = SHARDS_DIR, samples: Path = SAMPLE
              timings_dir: Path = TIMINGS_DIR) -> dict:
     config = params.evaluate
     judge = Judge.load(judge_dir)
-    test = split_waveforms("test", shards, index, raw_dir, mix_domain=None)  # single clips: one class each
-    spec, real_mels, real_classes = test["spec"], test["log_mel"], test["target"]
+    test = SplitAudio("test", shards, index, raw_dir, mix_domain=None)  # single clips: one class each
+    spec = test.spec
     inception = Inception.from_params(config.inception_weights, config.inception_sha256, config.batch_size)
     if inception.sha256 != judge.record["extractors"]["image"]["sha256"]:
         raise ModelError("models/judge was made with other Inception weights than evaluate.inception_weights; "
@@ -207,8 +214,8 @@ def evaluate(params: Sections, shards: Path = SHARDS_DIR, samples: Path = SAMPLE
     scorer = Scorer(judge, inception, SoundEmbedding(spec.sample_rate), spec, config.bootstrap, config.seed)
     vocoders = dict(vocoder_for(name, spec, vocoder_dir) for name in VOCODERS)
     steps = tqdm(total=4 + 2 * len(params.sample.resolutions), desc="evaluate", unit="part", file=sys.stderr)
-    vae_reconstruction(scorer, finetuned, real_mels, real_classes)
-    timings = vocoder_scores(scorer, vocoders, real_mels, test["waveform"], real_classes)
+    vae_reconstruction(scorer, finetuned, shards)
+    timings = vocoder_scores(scorer, vocoders, test)
     scorer.mean("accuracy_audio.real", judge.real_hits("audio", clip_features(judge.features["test.audio"])))
     scorer.distances(("fad", "kad"), "real", judge.features["test.audio"].mean(axis=1), scorer.train_audio)
     steps.update(2)

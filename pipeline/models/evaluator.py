@@ -24,6 +24,7 @@ from torch import nn
 from pipeline.audio.spectrogram import SpectrogramSpec, image_to_log_mel
 from pipeline.errors import ModelError
 from pipeline.files import write_json
+from pipeline.training.rows import RowFile
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -125,27 +126,26 @@ class Evaluator:
         return cls(model, config["class_ids"], config["class_names"], spec)
 
 
-def train_classifier(log_mels: np.ndarray, labels: np.ndarray, classes: int, spec: SpectrogramSpec,
+def train_classifier(log_mels: RowFile, labels: np.ndarray, classes: int, spec: SpectrogramSpec,
                      epochs: int, batch_size: int, learning_rate: float, seed: int,
                      embedding_dim: int = 128) -> AudioClassifier:
     """Cross-entropy with random time crops (so shorter inputs read the same) and random
-    gain (a level change must not change the class)."""
+    gain (a level change must not change the class). Each step reads only its batch's rows."""
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     model = AudioClassifier(spec.n_mels, classes, embedding_dim)
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=1e-4)
-    data = torch.from_numpy(np.asarray(log_mels, dtype=np.float32))
     targets = torch.from_numpy(np.asarray(labels)).long()
-    frames = data.shape[-1]
+    frames = log_mels.shape[-1]
     model.train()
     for _ in range(epochs):
-        order = torch.randperm(len(data), generator=generator)
-        for start in range(0, len(data), batch_size):
+        order = torch.randperm(len(log_mels), generator=generator)
+        for start in range(0, len(log_mels), batch_size):
             rows = order[start:start + batch_size]
             width = int(torch.randint(max(16, frames // 2), frames + 1, (1,), generator=generator))
             offset = int(torch.randint(0, frames - width + 1, (1,), generator=generator))
             gain = (torch.rand(len(rows), 1, 1, generator=generator) - 0.5) * 12.0
-            crop = (data[rows, :, offset:offset + width] + gain).clamp(spec.min_db, spec.max_db)
+            crop = (log_mels[rows][:, :, offset:offset + width] + gain).clamp(spec.min_db, spec.max_db)
             loss = F.cross_entropy(model(db_to_01(crop, spec)), targets[rows])
             optimizer.zero_grad()
             loss.backward()

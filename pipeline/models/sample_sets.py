@@ -4,6 +4,7 @@ out-painted clips and in-painted test clips."""
 
 from __future__ import annotations
 
+import itertools
 import re
 import shutil
 import sys
@@ -15,7 +16,7 @@ import torch
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from pipeline.audio.shards import read_single_clips, read_split
+from pipeline.audio.shards import in_batches, iter_rows, read_single_clips
 from pipeline.audio.spectrogram import log_mel_to_grey
 from pipeline.config.sample import SampleParams
 from pipeline.evaluation.scores import frechet
@@ -33,12 +34,10 @@ def slug(name: str) -> str:
 
 def class_prompts(shards: Path) -> list[dict]:
     """One prompt per class: the caption its single-clip training rows carry."""
-    rows = read_split("train", ["target", "target_name", "caption", "is_mixture"], shards)
     prompts = {}
-    for target, name, caption, mixture in zip(rows["target"], rows["target_name"], rows["caption"],
-                                              rows["is_mixture"]):
-        if not mixture:
-            prompts.setdefault(target, {"class_id": target, "class_name": name, "prompt": caption})
+    for row in iter_rows("train", ["target", "target_name", "caption"], shards, single_clips=True):
+        prompts.setdefault(row["target"], {"class_id": row["target"], "class_name": row["target_name"],
+                                           "prompt": row["caption"]})
     return sorted(prompts.values(), key=lambda p: p["class_name"])
 
 
@@ -61,13 +60,14 @@ VALIDATION_PER_CLASS = 1  # samples per class and candidate scale when choosing 
 
 
 def choose_guidance(pipe, prompts: list[dict], config: SampleParams, spec, evaluator: Evaluator,
-                    validation_mels: np.ndarray, progress) -> tuple[float, dict]:
+                    shards: Path, progress) -> tuple[float, dict]:
     """The candidate scale whose samples lie closest to the validation clips, and for each
     candidate its distance and how often the evaluator heard the prompted class."""
     if len(config.guidance_scales) == 1:
         return config.guidance_scales[0], {}
     rows = plan(prompts, VALIDATION_PER_CLASS, config.seed + VALIDATION_SEED)
-    real = evaluator.embed(validation_mels)
+    real = np.concatenate([evaluator.embed(batch["log_mel"]) for batch in  # a batch of validation clips at a time
+                           in_batches(iter_rows("val", ["log_mel"], shards, single_clips=True), 256)])
     scores = {}
     for scale in config.guidance_scales:
         images = generate_images(pipe, [r["prompt"] for r in rows], [r["seed"] for r in rows],
@@ -91,22 +91,24 @@ def inpaint_set(pipe, prompts: list[dict], config: SampleParams, guidance: float
     the redrawn log-mels and their masks (safetensors, in dB: evaluate measures the change
     outside the region exactly), a PNG of each and ``prompts.csv``. The test clips are read
     only as the canvas; nothing here is scored."""
-    test = read_single_clips("test", ["id", "log_mel", "target"], shards)
+    count = len(read_single_clips("test", ["target"], shards)["target"])
+    test = itertools.islice(enumerate(iter_rows("test", ["id", "log_mel", "target"], shards, single_clips=True)),
+                            0, None, INPAINT_EVERY)
     captions = {p["class_id"]: p for p in prompts}
     classes = sorted(captions)
     rows, drawn, masks = [], [], []
-    for i in tqdm(range(0, len(test["target"]), INPAINT_EVERY), desc="in-painting test clips", unit="clip",
-                  file=sys.stderr):
-        if test["target"][i] not in captions:
+    for i, clip in tqdm(test, total=-(-count // INPAINT_EVERY), desc="in-painting test clips", unit="clip",
+                        file=sys.stderr):
+        if clip["target"] not in captions:
             continue
-        other = captions[classes[(classes.index(test["target"][i]) + len(classes) // 2) % len(classes)]]
-        log_mel = torch.from_numpy(test["log_mel"][i])
+        other = captions[classes[(classes.index(clip["target"]) + len(classes) // 2) % len(classes)]]
+        log_mel = torch.from_numpy(clip["log_mel"])
         mask = region_mask(log_mel.shape[-1], *INPAINT_REGION, None, None, spec)
         seed = config.seed + INPAINT_SEED + i
         drawn.append(inpaint_log_mel(pipe, log_mel, mask, other["prompt"], spec, config.steps, guidance, seed))
         masks.append(torch.from_numpy(mask.astype(np.uint8)))
-        rows.append({"file": f"{len(rows):04d}-{slug(other['class_name'])}.png", "test_id": test["id"][i],
-                     "source_class_id": test["target"][i], "class_id": other["class_id"],
+        rows.append({"file": f"{len(rows):04d}-{slug(other['class_name'])}.png", "test_id": clip["id"],
+                     "source_class_id": clip["target"], "class_id": other["class_id"],
                      "class_name": other["class_name"], "prompt": other["prompt"], "seed": seed,
                      "guidance": guidance})
     out_dir.mkdir(parents=True)

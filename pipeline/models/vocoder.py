@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -192,22 +192,28 @@ def neural(vocoder: NeuralVocoder, log_mel: torch.Tensor) -> np.ndarray:
     return np.clip(audio.numpy(), -1.0, 1.0)
 
 
-def resynthesis_scores(vocode: Vocode, log_mels: torch.Tensor, waveforms: torch.Tensor,
-                       spec: SpectrogramSpec) -> dict:
-    """Each log-mel vocoded one at a time (batch 1, timed) and its audio re-analysed with the
-    spec: per clip, ``mel_l1_db`` (against the log-mel, in dB) and ``mrstft`` (against the real
-    audio); ``audio`` ``(N, samples)``; ``real_time_factor`` (audio seconds per second of
-    vocoding: a timing, for ``metrics/timings/`` and benchmarks, never a tracked metric)."""
-    audio, mel_errors, distances, busy = [], [], [], 0.0
-    for index, (log_mel, real) in enumerate(zip(log_mels, waveforms)):
-        started = time.perf_counter()
-        audio.append(torch.from_numpy(vocode(log_mel, index)))
-        busy += time.perf_counter() - started
-        mel_errors.append(float((waveform_to_log_mel(audio[-1], spec) - log_mel).abs().mean()))
-        distances.append(float(stft_distance(audio[-1], real)))
-    seconds = sum(len(w) for w in waveforms) / spec.sample_rate
-    return {"mel_l1_db": np.array(mel_errors), "mrstft": np.array(distances), "audio": torch.stack(audio),
-            "real_time_factor": seconds / busy}
+def resynthesis_scores(vocode: Vocode, batches: Iterable[dict], spec: SpectrogramSpec,
+                       listen: Callable[[torch.Tensor, dict], np.ndarray] | None = None) -> dict:
+    """Each log-mel of a split's batches (:meth:`~pipeline.audio.waveforms.SplitAudio.batches`)
+    vocoded one at a time (batch 1, timed, its place in the split as its seed) and its audio
+    re-analysed with the spec: per clip, ``mel_l1_db`` (against the log-mel, in dB), ``mrstft``
+    (against the real audio) and, given ``listen``, ``heard``: what ``listen(audio, batch)``
+    makes of each batch's audio, which is then let go; ``real_time_factor`` (audio seconds per
+    second of vocoding: a timing, for ``metrics/timings/`` and benchmarks, never a tracked metric)."""
+    mel_errors, distances, heard, busy, seconds = [], [], [], 0.0, 0.0
+    for batch in batches:
+        audio = []
+        for log_mel, real in zip(torch.from_numpy(batch["log_mel"]), batch["waveform"]):
+            started = time.perf_counter()
+            audio.append(torch.from_numpy(vocode(log_mel, len(mel_errors))))
+            busy += time.perf_counter() - started
+            mel_errors.append(float((waveform_to_log_mel(audio[-1], spec) - log_mel).abs().mean()))
+            distances.append(float(stft_distance(audio[-1], real)))
+            seconds += len(real) / spec.sample_rate
+        if listen is not None:
+            heard.append(listen(torch.stack(audio), batch))
+    return {"mel_l1_db": np.array(mel_errors), "mrstft": np.array(distances),
+            "heard": np.concatenate(heard) if heard else np.zeros(0), "real_time_factor": seconds / busy}
 
 
 def stft_distance(generated: torch.Tensor, real: torch.Tensor) -> torch.Tensor:

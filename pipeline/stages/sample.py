@@ -30,7 +30,7 @@ from pathlib import Path
 from diffusers import UNet2DConditionModel
 from tqdm import tqdm
 
-from pipeline.audio.shards import read_single_clips, read_spec, shard_files
+from pipeline.audio.shards import read_spec, shard_files
 from pipeline.config.core import PARAMS_YAML, Sections, load_sections
 from pipeline.config.sample import SampleParams
 from pipeline.config.spectrogram import SpectrogramParams, format_resolution, parse_resolution
@@ -63,7 +63,6 @@ def sample(params: Sections, shards: Path = SHARDS_DIR, out_dir: Path = SAMPLES_
     vocoder = vocoder_for(config.vocoder, spec, vocoder_dir)
     prompts = class_prompts(shards)
     evaluator = Evaluator.load(evaluator_dir)
-    validation = read_single_clips("val", ["log_mel"], shards)["log_mel"]
     sizes = [parse_resolution(r) for r in config.resolutions]
     kept = checkpoints(checkpoint_dir) if config.checkpoint_per_class else []
     choosing = VALIDATION_PER_CLASS * len(config.guidance_scales) if len(config.guidance_scales) > 1 else 0
@@ -74,7 +73,7 @@ def sample(params: Sections, shards: Path = SHARDS_DIR, out_dir: Path = SAMPLES_
     guidance = {}
     for model, path in models.items():
         pipe = load_generator(path, config.scheduler)
-        scale, candidates = choose_guidance(pipe, prompts, config, spec, evaluator, validation, progress)
+        scale, candidates = choose_guidance(pipe, prompts, config, spec, evaluator, shards, progress)
         guidance[model] = {"guidance_scale": scale, "candidates": candidates}
         for height, width in sizes:
             sample_set(pipe, plan(prompts, config.per_class, config.seed), height, width, config, scale, spec,

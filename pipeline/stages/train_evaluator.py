@@ -13,8 +13,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from pipeline.audio.shards import read_single_clips, read_spec, shard_files
+from pipeline.audio.shards import in_batches, iter_rows, read_spec, shard_files
 from pipeline.config.core import PARAMS_YAML, Sections, load_sections
 from pipeline.config.evaluator import EvaluatorParams
 from pipeline.errors import stage_main
@@ -22,6 +23,7 @@ from pipeline.files import write_json
 from pipeline.models import advice_when_out_of_memory
 from pipeline.models.evaluator import Evaluator, train_classifier
 from pipeline.paths import EVALUATOR_DIR, SHARDS_DIR
+from pipeline.training.rows import RowFile
 
 METRICS = Path("metrics/evaluator.json")
 COLUMNS = ["log_mel", "target", "target_name"]
@@ -31,22 +33,26 @@ def train_evaluator(params: Sections, shards: Path = SHARDS_DIR,
                     out_dir: Path = EVALUATOR_DIR) -> dict:
     config = params.evaluator
     spec = read_spec(shard_files("train", shards)[0])
-    train = read_single_clips("train", COLUMNS, shards)
-    names = dict(zip(train["target"], train["target_name"]))
+    log_mels, targets, names = RowFile((spec.n_mels, spec.n_frames)), [], {}
+    for batch in in_batches(iter_rows("train", COLUMNS, shards, single_clips=True), 256):
+        log_mels.append(torch.from_numpy(batch["log_mel"]))
+        targets += batch["target"]
+        names.update(zip(batch["target"], batch["target_name"]))
     class_ids = sorted(names)
     index = {c: i for i, c in enumerate(class_ids)}
     with advice_when_out_of_memory(f"at evaluator.batch_size={config.batch_size}, lower it"):
-        model = train_classifier(train["log_mel"], np.array([index[t] for t in train["target"]]),
-                                 len(class_ids), spec, config.epochs, config.batch_size,
-                                 config.learning_rate, config.seed)
+        model = train_classifier(log_mels, np.array([index[t] for t in targets]), len(class_ids), spec,
+                                 config.epochs, config.batch_size, config.learning_rate, config.seed)
     evaluator = Evaluator(model, class_ids, [names[c] for c in class_ids], spec)
     evaluator.save(out_dir)
-    test = read_single_clips("test", COLUMNS, shards)
-    known = [i for i, t in enumerate(test["target"]) if t in index]
-    predicted = evaluator.predict(test["log_mel"][known])
-    truth = np.array([index[test["target"][i]] for i in known])
-    return {"test_accuracy": float((predicted == truth).mean()) if known else float("nan"),
-            "classes": len(class_ids), "train_rows": len(train["target"]), "test_rows": len(known)}
+    hits = []
+    for batch in in_batches(iter_rows("test", COLUMNS, shards, single_clips=True), 256):
+        known = [i for i, t in enumerate(batch["target"]) if t in index]
+        if known:
+            predicted = evaluator.predict(batch["log_mel"][known])
+            hits += list(predicted == np.array([index[batch["target"][i]] for i in known]))
+    return {"test_accuracy": float(np.mean(hits)) if hits else float("nan"),
+            "classes": len(class_ids), "train_rows": len(targets), "test_rows": len(hits)}
 
 
 @stage_main("train_evaluator")

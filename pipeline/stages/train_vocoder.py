@@ -27,7 +27,7 @@ from diffusers.optimization import get_scheduler
 from tqdm import tqdm
 
 from pipeline.audio.spectrogram import SpectrogramSpec, waveform_to_log_mel
-from pipeline.audio.waveforms import split_waveforms
+from pipeline.audio.waveforms import SplitAudio
 from pipeline.config.core import PARAMS_YAML, Sections, load_sections
 from pipeline.config.spectrogram import SpectrogramParams
 from pipeline.config.subset import SubsetParams
@@ -47,21 +47,37 @@ from pipeline.models.vocoder import (
 )
 from pipeline.paths import METRICS_DIR, RAW_DIR, SHARDS_DIR, SUBSET_DIR, VOCODER_CHECKPOINT_DIR, VOCODER_DIR
 from pipeline.training.resume import ResumableRun, TrainingError, run_fingerprint
+from pipeline.training.rows import RowFile
 
 METRICS = METRICS_DIR / "vocoder.json"
 
 
-def crops(step: int, waveforms: torch.Tensor, log_mels: torch.Tensor, config: VocoderParams,
+def crops(step: int, waveforms: RowFile, log_mels: RowFile, config: VocoderParams,
           spec: SpectrogramSpec) -> tuple[torch.Tensor, torch.Tensor]:
     """(log-mel crops, the audio under them) of step ``step``, drawn from ``(seed, step)``."""
     rng = np.random.default_rng([config.seed, step])
     frames = min(config.crop_frames, log_mels.shape[-1])
     rows = rng.integers(0, len(log_mels), config.batch_size)
     starts = rng.integers(0, log_mels.shape[-1] - frames + 1, config.batch_size)
-    mels = torch.stack([log_mels[r, :, s:s + frames] for r, s in zip(rows, starts)])
     hop = spec.hop_length
-    audio = torch.stack([waveforms[r, s * hop:(s + frames) * hop] for r, s in zip(rows, starts)])
+    mels = torch.stack([mel[:, s:s + frames] for mel, s in zip(log_mels[rows], starts)])
+    audio = torch.stack([clip[s * hop:(s + frames) * hop] for clip, s in zip(waveforms[rows], starts)])
     return mels, audio
+
+
+def analysed(split: SplitAudio) -> tuple[RowFile, RowFile]:
+    """(waveforms, their log-mels through the spec's own analysis) of a split, in temporary
+    files a batch at a time: the loop reads only the rows a step crops from."""
+    waveforms = log_mels = None
+    for batch in tqdm(split.batches(), desc="read training audio", unit="batch", file=sys.stderr):
+        if waveforms is None:
+            waveforms = RowFile(batch["waveform"].shape[1:])
+            log_mels = RowFile(waveform_to_log_mel(batch["waveform"][:1], split.spec).shape[1:])
+        waveforms.append(batch["waveform"])
+        log_mels.append(waveform_to_log_mel(batch["waveform"], split.spec))
+    if waveforms is None:
+        raise TrainingError(f"no training rows with audio under {split.shards / split.split}")
+    return waveforms, log_mels
 
 
 def vocoder_loss(vocoder: NeuralVocoder, mels: torch.Tensor, audio: torch.Tensor, mel_weight: float):
@@ -79,25 +95,23 @@ def fingerprint(params: Sections, clip_sha256: list[str], spec: SpectrogramSpec)
     return run_fingerprint(settings, "pipeline.stages.train_vocoder", clip_sha256)
 
 
-def compare_on_validation(vocoder: NeuralVocoder, validation: dict) -> dict:
-    """Both vocoders on the validation clips: mel error in dB and STFT distance."""
+def compare_on_validation(vocoder: NeuralVocoder, validation: SplitAudio) -> tuple[dict, int]:
+    """Both vocoders on the validation clips: mean mel error in dB and STFT distance; the clips' count."""
     spec = vocoder.spec
-    log_mels = torch.from_numpy(validation["log_mel"])
     runs = {"griffin_lim": lambda mel, seed: griffin_lim(mel, spec, seed),
             "neural": lambda mel, seed: neural(vocoder, mel)}
-    scores = {name: resynthesis_scores(vocode, log_mels, validation["waveform"], spec) for name, vocode in runs.items()}
-    return {name: {key: float(run[key].mean()) for key in ("mel_l1_db", "mrstft")} for name, run in scores.items()}
+    scores = {name: resynthesis_scores(vocode, validation.batches(), spec) for name, vocode in runs.items()}
+    return ({name: {key: float(run[key].mean()) for key in ("mel_l1_db", "mrstft")} for name, run in scores.items()},
+            len(scores["neural"]["mel_l1_db"]))
 
 
 def train_vocoder(params: Sections, shards: Path = SHARDS_DIR, index: Path = SUBSET_DIR / "index.parquet",
                   raw_dir: Path = RAW_DIR, out_dir: Path = VOCODER_DIR,
                   checkpoint_dir: Path = VOCODER_CHECKPOINT_DIR) -> dict:
     config = params.vocoder
-    train = split_waveforms("train", shards, index, raw_dir, params.subset.mix_domain)
-    spec = train["spec"]
-    if not len(train["waveform"]):
-        raise TrainingError(f"no training rows with audio under {shards / 'train'}")
-    log_mels = waveform_to_log_mel(train["waveform"], spec)
+    train = SplitAudio("train", shards, index, raw_dir, params.subset.mix_domain)
+    spec = train.spec
+    waveforms, log_mels = analysed(train)
 
     device = compute_device()
     torch.manual_seed(config.seed)
@@ -105,7 +119,7 @@ def train_vocoder(params: Sections, shards: Path = SHARDS_DIR, index: Path = SUB
     vocoder.to(device)
     optimizer = torch.optim.AdamW(vocoder.parameters(), lr=config.learning_rate, betas=(0.8, 0.9))
     schedule = get_scheduler("cosine", optimizer, num_warmup_steps=0, num_training_steps=config.steps)
-    run = ResumableRun(checkpoint_dir, fingerprint(params, train["clip_sha256"], spec), config.steps,
+    run = ResumableRun(checkpoint_dir, fingerprint(params, train.clip_sha256(), spec), config.steps,
                        config.checkpoint_every, config.keep_checkpoints)
 
     def load(state: dict) -> None:
@@ -120,7 +134,7 @@ def train_vocoder(params: Sections, shards: Path = SHARDS_DIR, index: Path = SUB
                                    f"vocoder.crop_frames={config.crop_frames}, lower either"):
         for step in tqdm(range(run.start_step, config.steps), initial=run.start_step, total=config.steps,
                          desc="train vocoder", unit="step", file=sys.stderr):
-            mels, audio = crops(step, train["waveform"], log_mels, config, spec)
+            mels, audio = crops(step, waveforms, log_mels, config, spec)
             loss = vocoder_loss(vocoder, mels.to(device), audio.to(device), config.mel_weight)
             run.record(step + 1, loss.item(), "Try a lower vocoder.learning_rate.")
             optimizer.zero_grad()
@@ -135,12 +149,12 @@ def train_vocoder(params: Sections, shards: Path = SHARDS_DIR, index: Path = SUB
                           "scheduler": schedule.state_dict()})
     vocoder.cpu().eval()  # scored and saved as generate and evaluate use it
 
-    validation = split_waveforms("val", shards, index, raw_dir, params.subset.mix_domain)
-    scores = compare_on_validation(vocoder, validation)
+    scores, validation_clips = compare_on_validation(
+        vocoder, SplitAudio("val", shards, index, raw_dir, params.subset.mix_domain))
     vocoder.save(out_dir, scores)
     return {"steps": config.steps, "resumed_from_step": run.start_step, "training_clips": len(log_mels),
             "final_loss": history[-1]["loss"] if history else None, "history": history,
-            "validation_clips": len(validation["log_mel"]), "validation": scores,
+            "validation_clips": validation_clips, "validation": scores,
             "chosen": better_vocoder(scores)}
 
 

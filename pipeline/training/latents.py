@@ -3,9 +3,7 @@ encoded once and sampled per step, none of it held whole in memory."""
 
 from __future__ import annotations
 
-import os
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +18,7 @@ from pipeline.models.diffusion import caption_embeddings, uint8_to_pm1
 from pipeline.paths import SHARDS_DIR
 from pipeline.training.order import micro_batch_generator, micro_batch_rows
 from pipeline.training.resume import TrainingError
+from pipeline.training.rows import RowFile
 from pipeline.training.vae import scale_to_unit_variance
 
 
@@ -55,29 +54,6 @@ class SplitImages:
             number = int(np.searchsorted(self.starts, row, side="right")) - 1
             images.append(decode_png(self._group(number)[row - self.starts[number]]["bytes"]))
         return np.stack(images)
-
-
-class RowFile:
-    """Fixed-shape float32 rows written once to an unnamed temporary file (in ``TMPDIR``) and
-    read back by index: memory holds only the rows a batch asks for, however many there are.
-    Plain reads, not a memory map, whose pages would stay resident."""
-
-    def __init__(self, shape: tuple[int, ...]):
-        self.shape, self.count = tuple(shape), 0
-        self.row_bytes = 4 * int(np.prod(shape))
-        self.file = tempfile.TemporaryFile()
-
-    def append(self, rows: torch.Tensor) -> None:
-        self.file.write(rows.float().contiguous().numpy().tobytes())
-        self.count += len(rows)
-
-    def __len__(self) -> int:
-        return self.count
-
-    def __getitem__(self, rows) -> torch.Tensor:
-        self.file.flush()
-        data = b"".join(os.pread(self.file.fileno(), self.row_bytes, int(i) * self.row_bytes) for i in rows)
-        return torch.from_numpy(np.frombuffer(data, dtype=np.float32).reshape(len(rows), *self.shape).copy())
 
 
 SCALING_ROWS = 4096  # latents a tuned VAE's scaling factor is measured on: a bounded, fixed sample
