@@ -1,8 +1,10 @@
 """Peak memory of the stages that read a split as the data grows: 1×, 4× and 16× the default's clips.
 
-One synthetic source of 16× the default's `source.clips_per_class` is made once (on a 2-worker
-local Dask cluster); each scale takes as many clips per class, and mixtures, as that multiple
-of the default uses, and renders its own shards. Each stage then runs in a fresh process, in
+The default's synthetic source is made once (on a 2-worker local Dask cluster) and repeated
+under new clip ids up to the largest scale: memory follows the number of rows, not what they
+sound like, and synthesising 16× the clips would cost most of the run. Each scale takes as
+many clips per class, and mixtures, as that multiple of the default uses, and renders its own
+shards. Each stage then runs in a fresh process, in
 pipeline order (each reads what the one before made), with its work per row cut to a minimum:
 a few steps, one epoch, one sample per class, one Griffin-Lim iteration. Memory is held by the
 data, not by the step count. Each reports its peak resident set (`ru_maxrss`). `evaluate`
@@ -22,7 +24,8 @@ from pathlib import Path
 
 from pipeline.ontology import Ontology
 from pipeline.params import Params, parse
-from pipeline.sources.manifest import read_manifest
+from pipeline.sources.clip_shards import CLIPS_SUBDIR, ClipStore, write_shard
+from pipeline.sources.manifest import read_manifest, read_manifest_rows, write_manifest
 from pipeline.sources.subset import build_index, write_subset
 from pipeline.stages.acquire import acquire
 from pipeline.stages.render import render
@@ -77,6 +80,19 @@ def scaled(scale: int, largest: int) -> Params:
     return parse(raw)
 
 
+def repeat_clips(raw_dir: Path, times: int) -> None:
+    """Each clip of ``raw_dir`` ``times`` times (copies under ids ``<id>~k``), in shards of their
+    own, with their manifest rows."""
+    rows = read_manifest_rows(raw_dir / "manifest.parquet")
+    store, copies = ClipStore(raw_dir), []
+    for k in range(1, times):
+        shard = f"{CLIPS_SUBDIR}/copy-{k:03d}.parquet"
+        clips = [(row, f"{row['id']}~{k}") for row in rows if row["status"] == "ok"]
+        write_shard(raw_dir / shard, ((copy, store.flac(row["path"], row["id"])) for row, copy in clips))
+        copies += [row | {"id": copy, "path": shard} for row, copy in clips]
+    write_manifest(rows + copies, raw_dir / "manifest.parquet")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--scales", type=int, nargs="+", default=[1, 4, 16])
@@ -92,9 +108,9 @@ def main() -> None:
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        source = scaled(largest, largest)
-        source = parse(source.to_dict() | {"engine": {"kind": "dask", "workers": 2}})
-        acquire(source, tmp / "raw", ontology)
+        source = scaled(1, 1)
+        acquire(parse(source.to_dict() | {"engine": {"kind": "dask", "workers": 2}}), tmp / "raw", ontology)
+        repeat_clips(tmp / "raw", largest)
         for scale in args.scales:
             params = scaled(scale, largest)
             root = tmp / f"x{scale}"
