@@ -19,20 +19,34 @@ redrawing of the test clips (``reconstruction.vae.*``), each vocoder resynthesis
 
 Writes ``metrics/metrics.json`` (values) and ``metrics/intervals.json`` (their bootstrap 95%
 intervals), ``metrics/feature_extractor.json``, ``metrics/table.md``, ``metrics/per_class.csv``,
-``metrics/fid_by_checkpoint.csv`` and the grids; timings go to ``metrics/timings/``.
+``metrics/fid_by_checkpoint.csv`` and the grids; timings go to ``metrics/timings/``. Last, the
+listening page, ``metrics/report.html``, with the media it plays that ``sample`` did not write
+in ``metrics/report/`` (:mod:`pipeline.evaluation.report`).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
+from pipeline.audio.shards import read_spec, shard_files
 from pipeline.config.core import PARAMS_YAML, load_sections
 from pipeline.config.evaluate import EvaluateParams
 from pipeline.config.sample import SampleParams
 from pipeline.errors import stage_main
+from pipeline.evaluation.report import build_report
 from pipeline.evaluation.scoring import evaluate
-from pipeline.paths import METRICS_DIR
+from pipeline.paths import (
+    METRICS_DIR,
+    RAW_DIR,
+    REPORT_DIR,
+    REPORT_PAGE,
+    SAMPLES_DIR,
+    SHARDS_DIR,
+    SUBSET_DIR,
+    VOCODER_DIR,
+)
 
 
 @stage_main("evaluate")
@@ -40,8 +54,13 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", default=str(PARAMS_YAML))
     args = parser.parse_args(argv)
-    evaluate(load_sections(args.params, evaluate=EvaluateParams, sample=SampleParams))
+    params = load_sections(args.params, evaluate=EvaluateParams, sample=SampleParams)
+    evaluate(params)
     print((METRICS_DIR / "table.md").read_text(), file=sys.stderr)
+    spec = read_spec(shard_files("train", SHARDS_DIR)[0])
+    held = build_report(SAMPLES_DIR, SHARDS_DIR, SUBSET_DIR / "index.parquet", RAW_DIR, METRICS_DIR,
+                        list(params.sample.resolutions), spec, VOCODER_DIR, REPORT_DIR, REPORT_PAGE)
+    print(f"listening page: {REPORT_PAGE} ({json.dumps(held)})", file=sys.stderr)
 
 
 if __name__ == "__main__":
