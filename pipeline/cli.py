@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -290,6 +291,15 @@ def model_options(command) -> None:
                          help="params.yaml for the caption template and a fallback spec")
 
 
+def compare_report(args) -> None:
+    from pipeline.evaluation.report import compare_page
+
+    out = Path(args.out or f"reports/compare-{re.sub(r'[^A-Za-z0-9._-]+', '-', args.compare)}.html")
+    held = compare_page(args.compare, out, list(params.load().sample.resolutions))
+    print(f"{out}: {held['pairs']} pairs of samples, {held['beyond']} of {held['scores']} scores differ beyond "
+          "the noise")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="specldm", description="specldm pipeline tools")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -331,6 +341,12 @@ def main(argv: list[str] | None = None) -> int:
     versus.add_argument("a", nargs="?", default="main", help="a git revision (default: main)")
     versus.add_argument("b", nargs="?", default="workspace",
                         help="a git revision, or 'workspace' for the files as they are (the default)")
+    listen = commands.add_parser("report", help="a listening page that puts another revision's samples beside "
+                                 "the workspace's (same prompts and seeds), with both revisions' scores")
+    listen.add_argument("--compare", required=True, metavar="REV",
+                        help="a git revision whose outputs DVC can read (the cache, or a remote)")
+    listen.add_argument("--out", help="the page to write (default: reports/compare-<REV>.html); what it plays "
+                                      "from REV goes into a folder of the same name beside it")
     args = parser.parse_args(argv)
 
     try:
@@ -343,6 +359,8 @@ def main(argv: list[str] | None = None) -> int:
             from pipeline.evaluation.compare import report
 
             print(report(args.a, args.b)[0], end="")
+        elif args.command == "report":
+            compare_report(args)
         else:
             inpaint(args)
     except PipelineError as error:

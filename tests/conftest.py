@@ -242,3 +242,40 @@ def replace_clips(raw_dir: Path, replacements: dict) -> None:
         rows = pq.read_table(shard, columns=["id", "flac"]).to_pylist()
         write_shard(shard, [(r["id"], replacements.get(r["id"], r["flac"])) for r in rows
                             if replacements.get(r["id"], b"") is not None])
+
+
+def open_in_chromium(page: Path, screenshot: Path) -> tuple[list, list, list]:
+    """A page opened from disk in headless Chromium (Debian's ``chromium`` and ``chromium-driver``,
+    which ``make test`` installs) once every player has read its file's header: ``[src, duration,
+    MediaError code]`` of each ``<audio>``, ``[src, naturalWidth]`` of each image, the console's
+    errors; a screenshot of it goes to ``screenshot``."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    binary, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (binary and driver_path):
+        if os.environ.get("CI"):
+            pytest.fail("no chromium or chromedriver: `make test` installs Debian's chromium and chromium-driver")
+        pytest.skip("no chromium or chromedriver: run `make test` (it installs Debian's packages, as root)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1400,2000",
+                     "--allow-file-access-from-files"):
+        options.add_argument(argument)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    try:
+        driver.get(page.as_uri())
+        WebDriverWait(driver, 120).until(lambda d: d.execute_script(
+            "return [...document.querySelectorAll('audio')].every(a => a.readyState >= 1 || a.error)"
+            " && [...document.images].every(i => i.complete)"))
+        audio = driver.execute_script("return [...document.querySelectorAll('audio')].map("
+                                      "a => [a.getAttribute('src'), a.duration, a.error && a.error.code])")
+        images = driver.execute_script("return [...document.images].map(i => [i.getAttribute('src'), i.naturalWidth])")
+        errors = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+        screenshot.parent.mkdir(parents=True, exist_ok=True)
+        driver.save_screenshot(str(screenshot))
+    finally:
+        driver.quit()
+    return audio, images, errors

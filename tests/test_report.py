@@ -2,9 +2,7 @@
 ``chromium`` and ``chromium-driver``, which ``make test`` installs)."""
 
 import math
-import os
 import re
-import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -13,7 +11,7 @@ import soundfile as sf
 
 from pipeline.evaluation.report import wilson
 
-from conftest import ROOT
+from conftest import ROOT, open_in_chromium
 
 ARTIFACTS = ROOT / "test-artifacts"  # the browser's screenshot of the page, for a person to look at
 
@@ -43,43 +41,10 @@ def test_the_page_shows_every_class_and_its_files_exist(reproduced_repo):
     assert "http://" not in text and "https://" not in text  # nothing fetched from a network
 
 
-def browser():
-    binary, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    if binary and driver:
-        return binary, driver
-    if os.environ.get("CI"):
-        pytest.fail("no chromium or chromedriver: `make test` installs Debian's chromium and chromium-driver")
-    pytest.skip("no chromium or chromedriver: run `make test` (it installs Debian's packages, as root)")
-
-
 @pytest.mark.slow
 def test_chromium_plays_every_clip_and_shows_every_image(reproduced_repo):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    binary, driver_path = browser()
     page = reproduced_repo / "metrics" / "report.html"
-    options = webdriver.ChromeOptions()
-    options.binary_location = binary
-    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1400,2000",
-                     "--allow-file-access-from-files"):
-        options.add_argument(argument)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(driver_path), options=options)
-    try:
-        driver.get(page.as_uri())
-        WebDriverWait(driver, 120).until(lambda d: d.execute_script(
-            "return [...document.querySelectorAll('audio')].every(a => a.readyState >= 1 || a.error)"
-            " && [...document.images].every(i => i.complete)"))
-        audio = driver.execute_script("return [...document.querySelectorAll('audio')].map("
-                                      "a => [a.getAttribute('src'), a.duration, a.error && a.error.code])")
-        images = driver.execute_script("return [...document.images].map(i => [i.getAttribute('src'), i.naturalWidth])")
-        errors = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
-        ARTIFACTS.mkdir(exist_ok=True)
-        driver.save_screenshot(str(ARTIFACTS / "report.png"))
-    finally:
-        driver.quit()
+    audio, images, errors = open_in_chromium(page, ARTIFACTS / "report.png")
     assert len(audio) == len(media(page)["audio"]) and len(images) == len(media(page)["img"])
     for src, duration, error in audio:
         assert error is None, f"{src}: the browser could not load it (MediaError {error})"

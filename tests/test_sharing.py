@@ -10,7 +10,7 @@ import json
 import pytest
 import yaml
 
-from conftest import copy_repo, run, stages_ran
+from conftest import ROOT, copy_repo, open_in_chromium, run, stages_ran
 
 pytestmark = pytest.mark.slow  # every test here reproduces or trains
 
@@ -95,7 +95,7 @@ def test_same_seed_same_wav(origin, tmp_path):
 
 
 def test_branch_reports_only_the_table_keys_it_moved(origin):
-    """Last: it leaves the origin on a branch."""
+    """Next to last: it leaves the origin on a branch, which the last test compares with main."""
     run(["git", "checkout", "-q", "-b", "more-guidance"], origin)
     params = yaml.safe_load((origin / "params.yaml").read_text())
     params["sample"]["guidance_scale"] = 6.0
@@ -110,3 +110,19 @@ def test_branch_reports_only_the_table_keys_it_moved(origin):
     assert diff["metrics/metrics.json"] and set(diff["metrics/metrics.json"]) <= TABLE_KEYS
     assert {key.rsplit(".", 1)[0] for key in diff["metrics/intervals.json"]} <= TABLE_KEYS
     assert diff["metrics/guidance.json"]["finetuned.guidance_scale"]["new"] == 6.0
+
+
+def test_a_listening_page_puts_the_branch_beside_main(origin):
+    """After the branch above: its samples and main's, same prompts and seeds, side by side,
+    main's read back through DVC; the page plays in Chromium."""
+    page = origin / "reports" / "compare-main.html"
+    said = run(["specldm", "report", "--compare", "main"], origin)
+    assert "pairs of samples" in said and page.is_file()
+    text = page.read_text()
+    copies = sorted((origin / "reports" / "compare-main").rglob("*.png"))
+    assert copies and text.count("main: guidance ") == text.count("workspace: guidance 6.0") == len(copies)
+    for copy in copies:  # main's image, not the branch's redrawing of it
+        assert copy.read_bytes() != (origin / copy.relative_to(origin / "reports" / "compare-main")).read_bytes()
+    audio, images, errors = open_in_chromium(page, ROOT / "test-artifacts" / "compare.png")
+    assert audio and all(error is None and duration > 0 for _, duration, error in audio)
+    assert len(images) == 2 * len(copies) and all(width > 0 for _, width in images) and errors == []

@@ -44,8 +44,9 @@ def differs(a: dict | None, b: dict | None) -> bool:
     return a["high"] < b["low"] or b["high"] < a["low"]
 
 
-def report(revision_a: str, revision_b: str, root: Path = Path(".")) -> tuple[str, int]:
-    """The comparison as a Markdown table, and how many scores differ beyond the noise."""
+def compared(revision_a: str, revision_b: str, root: Path = Path(".")) -> list[dict]:
+    """Every score of either revision: ``key``, each side's ``a``/``b`` cell (value and interval),
+    the ``delta`` (b - a) and whether it is ``beyond`` the noise."""
     values_a, intervals_a = read_scores(revision_a, root)
     values_b, intervals_b = read_scores(revision_b, root)
 
@@ -55,13 +56,18 @@ def report(revision_a: str, revision_b: str, root: Path = Path(".")) -> tuple[st
         interval = intervals.get(key)
         return f"{values[key]:.4g}" + (f" [{interval['low']:.4g}, {interval['high']:.4g}]" if interval else "")
 
+    return [{"key": key, "a": cell(values_a, intervals_a, key), "b": cell(values_b, intervals_b, key),
+             "delta": values_b[key] - values_a[key] if key in values_a and key in values_b else math.nan,
+             "beyond": differs(intervals_a.get(key), intervals_b.get(key))}
+            for key in sorted(set(values_a) | set(values_b))]
+
+
+def report(revision_a: str, revision_b: str, root: Path = Path(".")) -> tuple[str, int]:
+    """The comparison as a Markdown table, and how many scores differ beyond the noise."""
+    rows = compared(revision_a, revision_b, root)
     lines = [f"| score | {revision_a} | {revision_b} | difference | beyond noise |", "|---|---|---|---|---|"]
-    marked = 0
-    for key in sorted(set(values_a) | set(values_b)):
-        delta = values_b[key] - values_a[key] if key in values_a and key in values_b else math.nan
-        beyond = differs(intervals_a.get(key), intervals_b.get(key))
-        marked += beyond
-        lines.append(f"| {key} | {cell(values_a, intervals_a, key)} | {cell(values_b, intervals_b, key)} | "
-                     f"{delta:+.4g} | {'**yes**' if beyond else ''} |")
-    lines.append(f"\n{marked} of {len(lines) - 2} scores differ beyond the noise (95% intervals that do not overlap).")
+    lines += [f"| {r['key']} | {r['a']} | {r['b']} | {r['delta']:+.4g} | {'**yes**' if r['beyond'] else ''} |"
+              for r in rows]
+    marked = sum(r["beyond"] for r in rows)
+    lines.append(f"\n{marked} of {len(rows)} scores differ beyond the noise (95% intervals that do not overlap).")
     return "\n".join(lines) + "\n", marked

@@ -14,6 +14,7 @@ from __future__ import annotations
 import html
 import math
 import os
+import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,11 +28,13 @@ from tqdm import tqdm
 from pipeline.audio.shards import iter_rows
 from pipeline.audio.spectrogram import SpectrogramSpec
 from pipeline.config.spectrogram import format_resolution
+from pipeline.errors import PipelineError
+from pipeline.evaluation.compare import WORKSPACE, compared
 from pipeline.evaluation.scoring import revoiced_name
 from pipeline.files import atomic_path
 from pipeline.models.generate import image_to_audio, save_audio, save_png
 from pipeline.models.vocoder import VOCODERS, Vocode, vocoder_for
-from pipeline.paths import INPAINTED, MODELS
+from pipeline.paths import INPAINTED, MODELS, SAMPLES_DIR
 from pipeline.sources.clip_shards import ClipStore
 
 REAL_PER_CLASS = 2  # real test clips shown per class
@@ -156,6 +159,7 @@ h2 { border-top: 1px solid #ccc; padding-top: .6em; }
 .region { position: absolute; top: 0; bottom: 0; background: rgba(255, 200, 0, .3); border: 1px solid #d90; }
 .clip audio { display: block; width: 260px; height: 32px; }
 .label { font-size: 12px; color: #555; }
+tr.beyond { background: #fde8c8; font-weight: 600; }
 table { border-collapse: collapse; } td, th { border: 1px solid #ddd; padding: 2px 8px; text-align: left; }
 """
 
@@ -249,3 +253,67 @@ def build_report(samples: Path, shards: Path, index: Path, raw_dir: Path, metric
     return {"classes": len(names), "real": sum(map(len, real.values())),
             "samples": sum(len(c) for d in drawn.values() for c in d.values()),
             "longform": len(longform), "inpainted": len(inpainted)}
+
+
+def revision_file(path: Path, revision: str, root: Path, copies: Path) -> Path:
+    """``path`` (relative to the repository ``root``) as the workspace has it, or as ``revision``
+    made it: read through DVC (from the cache, or a remote it can reach) into ``copies``."""
+    if revision == WORKSPACE:
+        return root / path
+    import dvc.api
+
+    target = copies / path
+    try:
+        data = dvc.api.read(path.as_posix(), repo=str(root), rev=revision, mode="rb")
+    except Exception as error:  # dvc raises many kinds: each means the same to a user here
+        raise PipelineError(f"{revision}: cannot read {path} ({type(error).__name__}: {error}); "
+                            f"`dvc pull` that revision's outputs, or check that it ran `sample`") from None
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(data)
+    return target
+
+
+def comparison_table(rows: list[dict], revision: str) -> str:
+    beyond = ' class="beyond"'
+    cells = "".join(f"<tr{beyond if r['beyond'] else ''}><td>{html.escape(r['key'])}</td>"
+                    f"<td>{html.escape(r['a'])}</td><td>{html.escape(r['b'])}</td><td>{r['delta']:+.4g}</td>"
+                    f"<td>{'yes' if r['beyond'] else ''}</td></tr>" for r in rows)
+    return (f"<table><tr><th>score</th><th>{html.escape(revision)}</th><th>{WORKSPACE}</th><th>difference</th>"
+            f"<th>beyond noise</th></tr>{cells}</table>")
+
+
+def compare_page(revision: str, page_path: Path, resolutions: list[str], root: Path = Path(".")) -> dict:
+    """``page_path``: each class's first samples of every model x geometry, as ``revision`` and
+    the workspace drew them from the same prompt and seed, side by side, under the two
+    revisions' scores (differences beyond the noise marked, as ``specldm compare``). What the
+    other revision made is copied beside the page, into a folder of the page's name."""
+    copies = page_path.with_suffix("")
+    shutil.rmtree(copies, ignore_errors=True)
+    page = Page(page_path)
+    rows = compared(revision, WORKSPACE, root)
+    page.add(f"<h1>{html.escape(revision)} against the {WORKSPACE}</h1>")
+    page.add(f"<p>Same prompts, same seeds. {sum(r['beyond'] for r in rows)} of {len(rows)} scores differ beyond "
+             "the noise (95% intervals that do not overlap).</p>")
+    page.add(comparison_table(rows, revision))
+    shown = 0
+    for model in MODELS:
+        for resolution in resolutions:
+            folder = SAMPLES_DIR / model / resolution
+            ours = pd.read_csv(root / folder / "prompts.csv")
+            theirs = pd.read_csv(revision_file(folder / "prompts.csv", revision, root, copies))
+            theirs = {(row.class_id, row.seed): row for row in theirs.itertuples()}
+            page.add(f"<h2>{model}, {html.escape(resolution)}</h2>")
+            for row in ours.groupby("class_id", sort=False).head(SAMPLES_PER_SET).itertuples():
+                sides = []
+                for name, side in ((revision, theirs.get((row.class_id, row.seed))), (WORKSPACE, row)):
+                    if side is None:
+                        continue
+                    audio = {}
+                    if isinstance(getattr(side, "wav", None), str):
+                        audio[side.vocoder] = revision_file(folder / side.wav, name, root, copies)
+                    sides.append(Clip(f"{name}: guidance {side.guidance}", revision_file(folder / side.file, name,
+                                                                                        root, copies), audio))
+                page.row(f"{row.class_name}, seed {row.seed}", sides)
+                shown += 1
+    page.write(f"specldm: {revision} against the {WORKSPACE}")
+    return {"pairs": shown, "scores": len(rows), "beyond": sum(r["beyond"] for r in rows)}
