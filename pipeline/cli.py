@@ -291,13 +291,27 @@ def model_options(command) -> None:
                          help="params.yaml for the caption template and a fallback spec")
 
 
-def compare_report(args) -> None:
-    from pipeline.evaluation.report import compare_page
+def listening_report(args) -> None:
+    from pipeline.config.spectrogram import format_resolution
+    from pipeline.evaluation.report import blind_page, compare_page, tally
 
-    out = Path(args.out or f"reports/compare-{re.sub(r'[^A-Za-z0-9._-]+', '-', args.compare)}.html")
-    held = compare_page(args.compare, out, list(params.load().sample.resolutions))
-    print(f"{out}: {held['pairs']} pairs of samples, {held['beyond']} of {held['scores']} scores differ beyond "
-          "the noise")
+    if args.tally:
+        for name, score in tally(Path(args.tally), Path(args.key)).items():
+            print(f"{name}: {score['value']:.3f} [{score['low']:.3f}, {score['high']:.3f}] over {score['answers']} "
+                  f"answers (chance {score['chance']:.2f})")
+        return
+    settings = params.load()
+    if args.compare:
+        out = Path(args.out or f"reports/compare-{re.sub(r'[^A-Za-z0-9._-]+', '-', args.compare)}.html")
+        held = compare_page(args.compare, out, list(settings.sample.resolutions))
+        print(f"{out}: {held['pairs']} pairs of samples, {held['beyond']} of {held['scores']} scores differ "
+              "beyond the noise")
+        return
+    size = settings.spec.image_size
+    resolution = args.resolution or format_resolution(size, size)
+    out = Path(args.out or "reports/blind.html")
+    held = blind_page(args.blind, args.seed, out, resolution)
+    print(f"{out}: {held['trials']} trials; the key is {held['key']}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -341,12 +355,20 @@ def main(argv: list[str] | None = None) -> int:
     versus.add_argument("a", nargs="?", default="main", help="a git revision (default: main)")
     versus.add_argument("b", nargs="?", default="workspace",
                         help="a git revision, or 'workspace' for the files as they are (the default)")
-    listen = commands.add_parser("report", help="a listening page that puts another revision's samples beside "
-                                 "the workspace's (same prompts and seeds), with both revisions' scores")
-    listen.add_argument("--compare", required=True, metavar="REV",
-                        help="a git revision whose outputs DVC can read (the cache, or a remote)")
-    listen.add_argument("--out", help="the page to write (default: reports/compare-<REV>.html); what it plays "
-                                      "from REV goes into a folder of the same name beside it")
+    listen = commands.add_parser("report", help="listening pages beyond metrics/report.html: another revision "
+                                 "beside this one, or a blind listening test and its tally")
+    mode = listen.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--compare", metavar="REV", help="put REV's samples (read through DVC: the cache, or a "
+                                                        "remote) beside the workspace's, same prompts and seeds")
+    mode.add_argument("--blind", type=int, metavar="N", help="a blind test: N fine-tuned/pre-trained pairs to "
+                                                              "prefer, and N fine-tuned clips to name")
+    mode.add_argument("--tally", metavar="ANSWERS", help="the answers a blind test page saved: preference and "
+                                                         "naming rates with 95%% intervals")
+    listen.add_argument("--out", help="the page to write (default: reports/compare-<REV>.html or "
+                                      "reports/blind.html); its clips go into a folder of the same name beside it")
+    listen.add_argument("--key", default="reports/blind.key.json", help="the blind test's key (for --tally)")
+    listen.add_argument("--resolution", help="the sample sets of the blind test (default: the training geometry)")
+    listen.add_argument("--seed", type=int, default=0, help="the blind test's draw of trials and their order")
     args = parser.parse_args(argv)
 
     try:
@@ -360,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
 
             print(report(args.a, args.b)[0], end="")
         elif args.command == "report":
-            compare_report(args)
+            listening_report(args)
         else:
             inpaint(args)
     except PipelineError as error:

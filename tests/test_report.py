@@ -1,6 +1,7 @@
 """The listening page ``evaluate`` writes, opened from disk in headless Chromium (Debian's
 ``chromium`` and ``chromium-driver``, which ``make test`` installs)."""
 
+import json
 import math
 import re
 from pathlib import Path
@@ -9,7 +10,8 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from pipeline.evaluation.report import wilson
+from pipeline.errors import PipelineError
+from pipeline.evaluation.report import blind_page, tally, wilson
 
 from conftest import ROOT, open_in_chromium
 
@@ -52,3 +54,24 @@ def test_chromium_plays_every_clip_and_shows_every_image(reproduced_repo):
     assert all(width > 0 for _, width in images), [src for src, width in images if not width]
     assert errors == []
     assert (ARTIFACTS / "report.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_a_blind_test_hides_which_model_made_each_clip_and_tallies_the_answers(reproduced_repo, tmp_path):
+    page = tmp_path / "blind.html"
+    held = blind_page(3, 0, page, "64x64", reproduced_repo)
+    key = json.loads(held["key"].read_text())
+    text = page.read_text()
+    assert held["trials"] == len(key["trials"]) == 6 and text.count('class="trial"') == 6
+    assert "finetuned" not in text and "pretrained" not in text  # nothing on the page gives the model away
+    right = {trial: truth["finetuned"] if truth["kind"] == "pair" else truth["class"]
+             for trial, truth in key["trials"].items()}
+    wrong = {trial: {"A": "B", "B": "A"}.get(answer, "none of them") for trial, answer in right.items()}
+    for answers, expected in ((right, 1.0), (wrong, 0.0)):
+        (tmp_path / "answers.json").write_text(json.dumps({"page": "blind.html", "answers": answers}))
+        scores = tally(tmp_path / "answers.json", held["key"])
+        assert scores["finetuned_preferred"]["value"] == scores["named_class"]["value"] == expected
+        assert scores["named_class"]["answers"] == 3 and scores["finetuned_preferred"]["chance"] == 0.5
+    (tmp_path / "answers.json").write_text(json.dumps({"page": "other.html", "answers": right}))
+    with pytest.raises(PipelineError, match="is the key of 'blind.html'"):
+        tally(tmp_path / "answers.json", held["key"])

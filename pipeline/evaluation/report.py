@@ -12,6 +12,7 @@ after ``dvc pull`` with no server and no network.
 from __future__ import annotations
 
 import html
+import json
 import math
 import os
 import shutil
@@ -31,7 +32,7 @@ from pipeline.config.spectrogram import format_resolution
 from pipeline.errors import PipelineError
 from pipeline.evaluation.compare import WORKSPACE, compared
 from pipeline.evaluation.scoring import revoiced_name
-from pipeline.files import atomic_path
+from pipeline.files import atomic_path, write_json
 from pipeline.models.generate import image_to_audio, save_audio, save_png
 from pipeline.models.vocoder import VOCODERS, Vocode, vocoder_for
 from pipeline.paths import INPAINTED, MODELS, SAMPLES_DIR
@@ -157,7 +158,9 @@ h2 { border-top: 1px solid #ccc; padding-top: .6em; }
 .clip.long img { height: 96px; width: 960px; }
 .seam { position: absolute; top: 0; bottom: 0; width: 0; border-left: 2px dashed #e33; }
 .region { position: absolute; top: 0; bottom: 0; background: rgba(255, 200, 0, .3); border: 1px solid #d90; }
-.clip audio { display: block; width: 260px; height: 32px; }
+.clip audio, .trial audio { display: block; width: 260px; height: 32px; }
+.trial { border: 1px solid #ddd; padding: 6px 10px; margin: 8px 0; }
+button.picked { background: #2a6; color: #fff; }
 .label { font-size: 12px; color: #555; }
 tr.beyond { background: #fde8c8; font-weight: 600; }
 table { border-collapse: collapse; } td, th { border: 1px solid #ddd; padding: 2px 8px; text-align: left; }
@@ -317,3 +320,103 @@ def compare_page(revision: str, page_path: Path, resolutions: list[str], root: P
                 shown += 1
     page.write(f"specldm: {revision} against the {WORKSPACE}")
     return {"pairs": shown, "scores": len(rows), "beyond": sum(r["beyond"] for r in rows)}
+
+
+NAME_CHOICES = 4  # class names offered in a naming trial: the prompted one and 3 others
+
+
+def blind_page(trials: int, seed: int, page_path: Path, resolution: str, root: Path = Path(".")) -> dict:
+    """A blind listening test: ``trials`` pairs of the fine-tuned and the pre-trained model's
+    samples of one prompt and seed, in random order (which sounds more like the prompt?), and
+    as many fine-tuned samples to name among :data:`NAME_CHOICES` classes. The clips are copied
+    under neutral names beside the page; which was which goes to ``<page>.key.json``, which the
+    page never reads. The page saves the answers as a JSON file for ``specldm report --tally``."""
+    folders = {model: root / SAMPLES_DIR / model / resolution for model in MODELS}
+    sets = {model: pd.read_csv(folder / "prompts.csv").dropna(subset=["wav"]) for model, folder in folders.items()}
+    pairs = sets["finetuned"].merge(sets["pretrained"], on=["class_id", "class_name", "prompt", "seed"],
+                                    suffixes=("_finetuned", "_pretrained"))
+    if not len(pairs):
+        raise PipelineError(f"{SAMPLES_DIR}/*/{resolution}: no prompt and seed with a WAV from both models; "
+                            "run `dvc repro sample` (sample.wavs_per_class > 0)")
+    rng = np.random.default_rng(seed)
+    chosen = pairs.iloc[rng.permutation(len(pairs))[:trials]]
+    names = sorted(set(sets["finetuned"].class_name))
+    clips_dir = page_path.with_suffix("")
+    shutil.rmtree(clips_dir, ignore_errors=True)
+    clips_dir.mkdir(parents=True)
+    page, key, html_trials = Page(page_path), {}, []
+
+    def copy(model: str, wav: str, name: str) -> Path:
+        target = clips_dir / f"{name}.wav"
+        shutil.copyfile(folders[model] / wav, target)
+        return target
+
+    for k, row in enumerate(chosen.itertuples()):
+        order = ["finetuned", "pretrained"] if rng.random() < 0.5 else ["pretrained", "finetuned"]
+        sides = {label: copy(model, getattr(row, f"wav_{model}"), f"pair-{k:03d}-{label.lower()}")
+                 for label, model in zip("AB", order)}
+        key[f"pair-{k:03d}"] = {"kind": "pair", "finetuned": "AB"[order.index("finetuned")], "class": row.class_name}
+        players = "".join(f'<div class="label">{label}</div><audio controls preload="metadata" '
+                          f'src="{page.href(path)}"></audio>' for label, path in sides.items())
+        html_trials.append(f'<div class="trial" data-trial="pair-{k:03d}"><p>Which sounds more like '
+                           f'<b>{html.escape(row.class_name)}</b>?</p>{players}'
+                           '<button data-answer="A">A</button> <button data-answer="B">B</button></div>')
+    for k, row in enumerate(chosen.itertuples()):
+        others = [n for n in names if n != row.class_name]
+        options = [row.class_name, *rng.choice(others, min(NAME_CHOICES - 1, len(others)), replace=False)]
+        options = [options[i] for i in rng.permutation(len(options))]
+        path = copy("finetuned", row.wav_finetuned, f"name-{k:03d}")
+        key[f"name-{k:03d}"] = {"kind": "name", "class": row.class_name, "options": len(options)}
+        buttons = " ".join(f'<button data-answer="{html.escape(o)}">{html.escape(o)}</button>' for o in options)
+        html_trials.append(f'<div class="trial" data-trial="name-{k:03d}"><p>What is this the sound of?</p>'
+                           f'<audio controls preload="metadata" src="{page.href(path)}"></audio>{buttons}</div>')
+    key_path = page_path.with_suffix(".key.json")
+    write_json(key_path, {"page": page_path.name, "seed": seed, "resolution": resolution, "trials": key})
+    page.add("<h1>Blind listening test</h1><p>Listen to each trial and click your answer (you may change it). "
+             'Then <button id="save">save the answers</button> and run <code>specldm report --tally '
+             f"answers.json --key {html.escape(key_path.as_posix())}</code>. "
+             '<span id="count">0</span> of ' f"{len(key)} answered.</p>")
+    page.add("\n".join(html_trials))
+    page.add(BLIND_SCRIPT.replace("PAGE_NAME", json.dumps(page_path.name)))
+    page.write("specldm: blind listening test")
+    return {"trials": len(key), "key": key_path}
+
+
+BLIND_SCRIPT = """<script>
+const answers = {};
+document.querySelectorAll(".trial button").forEach(button => button.addEventListener("click", () => {
+  const trial = button.closest(".trial");
+  answers[trial.dataset.trial] = button.dataset.answer;
+  trial.querySelectorAll("button").forEach(b => b.classList.toggle("picked", b === button));
+  document.getElementById("count").textContent = Object.keys(answers).length;
+}));
+document.getElementById("save").addEventListener("click", () => {
+  const blob = new Blob([JSON.stringify({page: PAGE_NAME, answers}, null, 1)], {type: "application/json"});
+  const link = Object.assign(document.createElement("a"), {href: URL.createObjectURL(blob), download: "answers.json"});
+  link.click();
+});
+</script>"""
+
+
+def tally(answers_path: Path, key_path: Path) -> dict:
+    """How often the listener preferred the fine-tuned sample, and named its class, each with its
+    95% Wilson interval and the chance level it is to be read against."""
+    answers, key = json.loads(answers_path.read_text()), json.loads(key_path.read_text())
+    if answers.get("page") != key["page"]:
+        raise PipelineError(f"{answers_path} answers {answers.get('page')!r}, but {key_path} is the key of "
+                            f"{key['page']!r}")
+    preferred, named, options = [], [], []
+    for trial, answer in answers["answers"].items():
+        if trial not in key["trials"]:
+            raise PipelineError(f"{answers_path}: trial {trial!r} is not in {key_path}")
+        truth = key["trials"][trial]
+        if truth["kind"] == "pair":
+            preferred.append(answer == truth["finetuned"])
+        else:
+            named.append(answer == truth["class"])
+            options.append(truth["options"])
+    scores = {"finetuned_preferred": (preferred, 0.5),
+              "named_class": (named, float(np.mean([1 / n for n in options])) if options else math.nan)}
+    return {name: {"value": sum(hits) / len(hits) if hits else math.nan,
+                   **dict(zip(("low", "high"), wilson(sum(hits), len(hits)))), "chance": chance, "answers": len(hits)}
+            for name, (hits, chance) in scores.items()}
