@@ -117,7 +117,7 @@ def load_model(args, model: Path, spec):
 
 def generate(args) -> None:
     from pipeline.audio.spectrogram import width_for_seconds
-    from pipeline.models.generate import generate_images, image_to_audio, save_audio, save_png
+    from pipeline.models.generate import generate_images, image_to_audio, save_png, save_wav
     from pipeline.models.inpaint import decode, long_latents
 
     if args.width is not None and args.prompt_at:
@@ -149,7 +149,7 @@ def generate(args) -> None:
     if args.width is None:
         audio = audio[:round(args.seconds * spec.sample_rate)]
     out = Path(args.out)
-    save_audio(out, audio, spec.sample_rate)
+    save_wav(out, audio, spec.sample_rate)
     save_png(out.with_suffix(".png"), grey)
     print(f"{out} ({len(audio) / spec.sample_rate:.2f} s, {vocoder} vocoder) and {out.with_suffix('.png')} "
           f"({grey.shape[0]}x{grey.shape[1]}) from {described}, guidance {guidance:g} ({guidance_from})")
@@ -164,7 +164,7 @@ def inpaint(args) -> None:
     import torch
 
     from pipeline.audio.spectrogram import log_mel_to_grey, waveform_to_log_mel
-    from pipeline.models.generate import save_audio, save_png
+    from pipeline.models.generate import save_png, save_wav
     from pipeline.models.inpaint import inpaint_log_mel, region_mask
     from pipeline.sources.clips import ClipRejected, ClipRules
     from pipeline.sources.local import read_recording
@@ -211,7 +211,7 @@ def inpaint(args) -> None:
     else:
         audio = drawn_audio
     out = Path(args.out)
-    save_audio(out, np.clip(audio, -1.0, 1.0), spec.sample_rate)
+    save_wav(out, np.clip(audio, -1.0, 1.0), spec.sample_rate)
     save_png(out.with_suffix(".png"), log_mel_to_grey(redrawn, spec).numpy())
     band = "" if args.low_hz is None and args.high_hz is None else \
         f", {args.low_hz or spec.f_min:g}-{args.high_hz or spec.f_max:g} Hz"

@@ -23,5 +23,3 @@ METRICS_DIR = Path("metrics")
 # How long stages took. Apart from the tracked metrics, and git-ignored: timings differ
 # on every run, and reproducing must leave the repository as it was.
 TIMINGS_DIR = METRICS_DIR / "timings"
-REPORT_PAGE = METRICS_DIR / "report.html"  # the listening page
-REPORT_DIR = METRICS_DIR / "report"  # what it plays that sample did not write

@@ -31,13 +31,15 @@ from pipeline.audio.spectrogram import SpectrogramSpec
 from pipeline.config.spectrogram import format_resolution
 from pipeline.errors import PipelineError
 from pipeline.evaluation.compare import WORKSPACE, compared
-from pipeline.evaluation.scoring import revoiced_name
+from pipeline.evaluation.scoring import REPORT_MEDIA, revoiced_name
 from pipeline.files import atomic_path, write_json
-from pipeline.models.generate import image_to_audio, save_audio, save_png
+from pipeline.models.generate import image_to_audio, save_png, save_wav
 from pipeline.models.vocoder import VOCODERS, Vocode, vocoder_for
-from pipeline.paths import INPAINTED, MODELS, SAMPLES_DIR
+from pipeline.paths import INPAINTED, METRICS_DIR, MODELS, SAMPLES_DIR
 from pipeline.sources.clip_shards import ClipStore
 
+REPORT_PAGE = METRICS_DIR / "report.html"
+REPORT_DIR = METRICS_DIR / REPORT_MEDIA
 REAL_PER_CLASS = 2  # real test clips shown per class
 SAMPLES_PER_SET = 2  # samples shown per class from each model x geometry
 
@@ -108,8 +110,8 @@ def longform_clips(folder: Path, out_dir: Path, spec: SpectrogramSpec, name: str
     chosen = {}
     for row in pd.read_csv(folder / "prompts.csv").itertuples():
         grey = np.asarray(Image.open(folder / row.file).convert("L"))
-        path = out_dir / f"{Path(row.file).stem}.flac"
-        save_audio(path, image_to_audio(grey, spec, vocode, int(row.seed)), spec.sample_rate)
+        path = out_dir / f"{Path(row.file).stem}.wav"
+        save_wav(path, image_to_audio(grey, spec, vocode, int(row.seed)), spec.sample_rate)
         seams = [int(frame) / grey.shape[1] for frame in str(row.seam_frames).split()]
         chosen[row.class_id] = Clip(f"{grey.shape[1] * spec.clip_seconds / spec.image_size:.0f} s, seed {row.seed}",
                                     folder / row.file, {name: path}, seams=seams)
@@ -132,8 +134,8 @@ def inpaint_clips(folder: Path, tests: dict[str, Clip], out_dir: Path, spec: Spe
         log_mel, mask = tensors["log_mel"][k], tensors["mask"][k].bool()
         frames = mask.any(dim=0).nonzero()[:, 0]
         region = (int(frames[0]) / mask.shape[1], (int(frames[-1]) + 1) / mask.shape[1])
-        path = out_dir / f"{Path(row.file).stem}.flac"
-        save_audio(path, vocode(log_mel, int(row.seed)), spec.sample_rate)
+        path = out_dir / f"{Path(row.file).stem}.wav"
+        save_wav(path, vocode(log_mel, int(row.seed)), spec.sample_rate)
         before = tests[row.test_id]
         chosen[row.class_id] = (
             Clip(f"before: {row.test_id}", before.image, before.audio, region=region),

@@ -28,7 +28,7 @@ from pipeline.evaluation.table import grid, table
 from pipeline.files import atomic_path, write_json
 from pipeline.models import compute_device
 from pipeline.models.diffusion import reconstruct
-from pipeline.models.generate import image_to_audio, save_audio
+from pipeline.models.generate import image_to_audio, save_wav
 from pipeline.models.vocoder import VOCODERS, Vocode, resynthesis_scores, vocoder_for
 from pipeline.paths import (
     FINETUNED_DIR,
@@ -37,7 +37,6 @@ from pipeline.paths import (
     METRICS_DIR,
     MODELS,
     RAW_DIR,
-    REPORT_DIR,
     SAMPLES_DIR,
     SHARDS_DIR,
     SUBSET_DIR,
@@ -99,6 +98,9 @@ def read_wav(path: Path, spec: SpectrogramSpec) -> np.ndarray:
     return audio.mean(axis=1)
 
 
+REPORT_MEDIA = "report"  # under evaluate's out_dir: what the listening page plays that data/samples does not hold
+
+
 def revoiced_name(image_file: str, vocoder: str) -> str:
     return f"{Path(image_file).stem}-{vocoder}.wav"
 
@@ -132,7 +134,7 @@ def score_set(scorer: Scorer, folder: Path, key: str, reference: np.ndarray, hea
                      for grey, seed in zip(images[revoiced.index.to_numpy()], revoiced.seed)]
             scorer.audio(f"vocoder.{name}.", key, audio, revoiced.class_id)
             for clip, file in zip(audio, revoiced.file):
-                save_audio(revoiced_dir / revoiced_name(file, name), clip, scorer.spec.sample_rate)
+                save_wav(revoiced_dir / revoiced_name(file, name), clip, scorer.spec.sample_rate)
     return per_class, written
 
 
@@ -216,7 +218,7 @@ def evaluate(params: Sections, shards: Path = SHARDS_DIR, samples: Path = SAMPLE
              timings_dir: Path = TIMINGS_DIR) -> dict:
     config = params.evaluate
     judge = Judge.load(judge_dir)
-    shutil.rmtree(out_dir / REPORT_DIR.name, ignore_errors=True)  # the listening page's media, made anew
+    shutil.rmtree(out_dir / REPORT_MEDIA, ignore_errors=True)  # the listening page's media, made anew
     test = SplitAudio("test", shards, index, raw_dir, mix_domain=None)  # single clips: one class each
     spec = test.spec
     inception = Inception.from_params(config.inception_weights, config.inception_sha256, config.batch_size)
@@ -239,7 +241,7 @@ def evaluate(params: Sections, shards: Path = SHARDS_DIR, samples: Path = SAMPLE
         for model in MODELS:
             folder = samples / model / resolution
             classes, written = score_set(scorer, folder, f"{model}.{resolution}", reference, head, vocoders,
-                                         config.revocode_per_class, out_dir / REPORT_DIR.name / model / resolution)
+                                         config.revocode_per_class, out_dir / REPORT_MEDIA / model / resolution)
             per_class.append(classes.assign(model=model, resolution=resolution))
             sets.append((model, resolution))
             grid(folder, f"{model} {resolution}", out_dir / "grids" / f"{model}_{resolution}.png")

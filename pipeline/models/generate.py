@@ -96,7 +96,6 @@ def save_png(path: Path, grey: np.ndarray) -> None:
         Image.fromarray(grey).save(tmp, format="PNG")
 
 
-def save_audio(path: Path, audio: np.ndarray, sample_rate: int) -> None:
-    """16-bit audio as the suffix says: ``.wav``, or ``.flac`` (lossless, about half the bytes)."""
+def save_wav(path: Path, audio: np.ndarray, sample_rate: int) -> None:
     with atomic_path(path) as tmp:
-        sf.write(tmp, audio, sample_rate, format=Path(path).suffix.lstrip(".").upper(), subtype="PCM_16")
+        sf.write(tmp, audio, sample_rate, format="WAV", subtype="PCM_16")

@@ -22,7 +22,7 @@ from pipeline.config.sample import SampleParams
 from pipeline.evaluation.scores import frechet
 from pipeline.files import atomic_path
 from pipeline.models.evaluator import Evaluator, accuracy, as_clips
-from pipeline.models.generate import generate_images, image_to_audio, save_audio, save_png
+from pipeline.models.generate import generate_images, image_to_audio, save_png, save_wav
 from pipeline.models.inpaint import LATENT_SCALE, decode, inpaint_log_mel, long_latents, plan_windows, region_mask
 from pipeline.models.vocoder import Vocode
 from pipeline.paths import INPAINTED, METRICS_DIR
@@ -165,7 +165,7 @@ def sample_set(pipe, rows: list[dict], height: int, width: int, config: SamplePa
             row["wav"] = None
             if row["index"] < wavs_per_class:
                 row["wav"] = row["file"].replace(".png", ".wav")
-                save_audio(out_dir / row["wav"], image_to_audio(grey, spec, vocoder[1], row["seed"]), spec.sample_rate)
+                save_wav(out_dir / row["wav"], image_to_audio(grey, spec, vocoder[1], row["seed"]), spec.sample_rate)
         progress.update(len(batch))
     columns = ["file", "wav", "class_id", "class_name", "prompt", "seed", "guidance", "vocoder"]
     table = pd.DataFrame(rows).assign(guidance=guidance, vocoder=vocoder[0])

@@ -35,18 +35,9 @@ from pipeline.config.core import PARAMS_YAML, load_sections
 from pipeline.config.evaluate import EvaluateParams
 from pipeline.config.sample import SampleParams
 from pipeline.errors import stage_main
-from pipeline.evaluation.report import build_report
+from pipeline.evaluation.report import REPORT_DIR, REPORT_PAGE, build_report
 from pipeline.evaluation.scoring import evaluate
-from pipeline.paths import (
-    METRICS_DIR,
-    RAW_DIR,
-    REPORT_DIR,
-    REPORT_PAGE,
-    SAMPLES_DIR,
-    SHARDS_DIR,
-    SUBSET_DIR,
-    VOCODER_DIR,
-)
+from pipeline.paths import METRICS_DIR, RAW_DIR, SAMPLES_DIR, SHARDS_DIR, SUBSET_DIR, VOCODER_DIR
 
 
 @stage_main("evaluate")
