@@ -120,7 +120,8 @@ def test_a_listening_page_puts_the_branch_beside_main(origin):
     assert "pairs of samples" in said and page.is_file()
     text = page.read_text()
     copies = sorted((origin / "reports" / "compare-main").rglob("*.png"))
-    assert copies and text.count("main: guidance ") == text.count("workspace: guidance 6.0") == len(copies)
+    labels = ('class="label">main: guidance ', 'class="label">workspace: guidance 6.0')
+    assert copies and text.count(labels[0]) == text.count(labels[1]) == len(copies)
     for copy in copies:  # main's image, not the branch's redrawing of it
         assert copy.read_bytes() != (origin / copy.relative_to(origin / "reports" / "compare-main")).read_bytes()
     audio, images, errors = open_in_chromium(page, ROOT / "test-artifacts" / "compare.png")
