@@ -148,6 +148,15 @@ def iter_rows(split: str, columns: Sequence[str], root: Path | str = SHARDS_DIR,
                 yield {c: batch[c][i] for c in columns}
 
 
+BATCH_ROWS = 256  # rows held at once (as audio, 160 MB of 10 s clips at 16 kHz): a multiple of every extractor's batch
+
+
+def single_clip_batches(split: str, columns: Sequence[str], root: Path | str = SHARDS_DIR,
+                        size: int = BATCH_ROWS) -> Iterator[dict]:
+    """A split's single-clip rows (mixtures have no one class to hear), :func:`in_batches` of ``size``."""
+    return in_batches(iter_rows(split, columns, root, single_clips=True), size)
+
+
 def in_batches(rows: Iterable[dict], size: int) -> Iterator[dict]:
     """Rows gathered ``size`` at a time (the last batch fewer): arrays and tensors stacked,
     other values listed. Fixed sizes keep a network's batches, and so its last bits, as they
@@ -177,11 +186,3 @@ def read_split(split: str, columns: Sequence[str], root: Path | str = SHARDS_DIR
         raise ShardError(f"split {split!r} under {root} has no rows; check {Path(root) / 'report.json'}")
     return {c: np.concatenate([b[c] for b in batches]) if isinstance(batches[0][c], np.ndarray)
             else [value for b in batches for value in b[c]] for c in columns}
-
-
-def read_single_clips(split: str, columns: Sequence[str], root: Path | str = SHARDS_DIR) -> dict:
-    """:func:`read_split` of the split's single-clip rows: mixtures have no one class to hear."""
-    rows = read_split(split, [*columns, "is_mixture"], root)
-    keep = ~np.asarray(rows["is_mixture"], dtype=bool)
-    return {c: rows[c][keep] if isinstance(rows[c], np.ndarray) else [v for v, k in zip(rows[c], keep) if k]
-            for c in columns}

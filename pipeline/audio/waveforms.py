@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import soundfile as sf
 import torch
 
-from pipeline.audio.shards import ShardError, in_batches, iter_rows, read_spec, shard_files
+from pipeline.audio.shards import BATCH_ROWS, ShardError, in_batches, iter_rows, read_spec, shard_files
 from pipeline.audio.spectrogram import SpectrogramSpec
 from pipeline.sources.clip_shards import ClipMissing, ClipStore
 
@@ -60,9 +60,6 @@ def row_digests(row: dict, store: ClipStore) -> list[str | None]:
     return [store.sha256(shard, clip_id) for shard, clip_id in zip(row["paths"], row["source_ids"])]
 
 
-AUDIO_BATCH = 256  # rows held as audio at once (160 MB of 10 s clips at 16 kHz): a multiple of every extractor's batch
-
-
 class SplitAudio:
     """The rows of a shard split that have a waveform, read a bounded batch at a time: a
     waveform-domain mixture is its clips' mean; a mel-domain mixture has none and is left out
@@ -95,7 +92,7 @@ class SplitAudio:
                                  f"render ({error}); run `dvc repro render`") from None
             yield row | {"waveform": waveform}
 
-    def batches(self, batch_rows: int = AUDIO_BATCH) -> Iterator[dict]:
+    def batches(self, batch_rows: int = BATCH_ROWS) -> Iterator[dict]:
         """``{"id", "target": lists, "log_mel": (B, n_mels, frames) as rendered, "waveform": (B, samples)
         float32}``, ``batch_rows`` rows each (the last fewer), in shard order."""
         return in_batches(self._with_audio(), batch_rows)

@@ -20,7 +20,7 @@ import torch
 from safetensors.numpy import load_file, save_file
 from tqdm import tqdm
 
-from pipeline.audio.shards import read_single_clips
+from pipeline.audio.shards import iter_rows
 from pipeline.audio.spectrogram import SpectrogramSpec, log_mel_to_grey
 from pipeline.audio.waveforms import SplitAudio
 from pipeline.config.spectrogram import format_resolution, parse_resolution
@@ -115,11 +115,11 @@ def fit_judge(shards: Path, index: Path, raw_dir: Path, resolutions: list[str], 
     sound = SoundEmbedding(spec.sample_rate)
     # the training geometry always: VAE reconstructions, long and in-painted clips are read there
     resolutions = list(dict.fromkeys([format_resolution(spec.image_size, spec.image_size), *resolutions]))
-    rows = {split: read_single_clips(split, ["target", "target_name"], shards) for split in splits}
-    names = dict(zip(rows["train"]["target"], rows["train"]["target_name"]))
-    class_ids = sorted(set(rows["train"]["target"]))
-    labels = {s: label_indices(class_ids, r["target"]) for s, r in rows.items()}
-    total = sum(len(r["target"]) for r in rows.values()) * (1 + len(resolutions))
+    rows = {split: list(iter_rows(split, ["target", "target_name"], shards, single_clips=True)) for split in splits}
+    names = {row["target"]: row["target_name"] for row in rows["train"]}
+    class_ids = sorted(names)
+    labels = {s: label_indices(class_ids, [row["target"] for row in r]) for s, r in rows.items()}
+    total = sum(len(r) for r in rows.values()) * (1 + len(resolutions))
     progress = tqdm(total=total, desc="fit_judge features", unit="clip", file=sys.stderr)
     per_split = {split: real_features(audio[split], sound, inception, resolutions, progress) for split in splits}
     heads, features, choices = {}, {}, {}

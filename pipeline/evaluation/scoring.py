@@ -15,9 +15,9 @@ from PIL import Image
 from safetensors.torch import load_file
 from tqdm import tqdm
 
-from pipeline.audio.shards import in_batches, iter_rows
+from pipeline.audio.shards import iter_rows, single_clip_batches
 from pipeline.audio.spectrogram import SpectrogramSpec, image_to_log_mel, log_mel_to_grey
-from pipeline.audio.waveforms import AUDIO_BATCH, SplitAudio
+from pipeline.audio.waveforms import SplitAudio
 from pipeline.config.core import Sections
 from pipeline.config.spectrogram import format_resolution, parse_resolution
 from pipeline.errors import ModelError
@@ -145,7 +145,7 @@ def vae_reconstruction(scorer: Scorer, model_dir: Path, shards: Path) -> None:
     vae = AutoencoderKL.from_pretrained(model_dir / "vae", use_safetensors=True).eval()
     vae.to(compute_device())  # SD's VAE at 512 px: seconds an image on a CPU
     errors, hits = [], []
-    for batch in in_batches(iter_rows("test", ["log_mel", "target"], shards, single_clips=True), AUDIO_BATCH):
+    for batch in single_clip_batches("test", ["log_mel", "target"], shards):
         real = torch.from_numpy(batch["log_mel"])
         drawn = reconstruct(vae, log_mel_to_grey(real, spec).numpy())
         recovered = image_to_log_mel(torch.from_numpy(drawn), spec, n_frames=real.shape[-1])

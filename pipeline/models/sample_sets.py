@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from pipeline.audio.shards import in_batches, iter_rows, read_single_clips
+from pipeline.audio.shards import iter_rows, single_clip_batches
 from pipeline.audio.spectrogram import log_mel_to_grey
 from pipeline.config.sample import SampleParams
 from pipeline.evaluation.scores import frechet
@@ -67,7 +67,7 @@ def choose_guidance(pipe, prompts: list[dict], config: SampleParams, spec, evalu
         return config.guidance_scales[0], {}
     rows = plan(prompts, VALIDATION_PER_CLASS, config.seed + VALIDATION_SEED)
     real = np.concatenate([evaluator.embed(batch["log_mel"]) for batch in  # a batch of validation clips at a time
-                           in_batches(iter_rows("val", ["log_mel"], shards, single_clips=True), 256)])
+                           single_clip_batches("val", ["log_mel"], shards)])
     scores = {}
     for scale in config.guidance_scales:
         images = generate_images(pipe, [r["prompt"] for r in rows], [r["seed"] for r in rows],
@@ -91,7 +91,7 @@ def inpaint_set(pipe, prompts: list[dict], config: SampleParams, guidance: float
     the redrawn log-mels and their masks (safetensors, in dB: evaluate measures the change
     outside the region exactly), a PNG of each and ``prompts.csv``. The test clips are read
     only as the canvas; nothing here is scored."""
-    count = len(read_single_clips("test", ["target"], shards)["target"])
+    count = sum(1 for _ in iter_rows("test", ["target"], shards, single_clips=True))
     test = itertools.islice(enumerate(iter_rows("test", ["id", "log_mel", "target"], shards, single_clips=True)),
                             0, None, INPAINT_EVERY)
     captions = {p["class_id"]: p for p in prompts}

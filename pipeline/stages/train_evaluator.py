@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.audio.shards import in_batches, iter_rows, read_spec, shard_files
+from pipeline.audio.shards import read_spec, shard_files, single_clip_batches
 from pipeline.config.core import PARAMS_YAML, Sections, load_sections
 from pipeline.config.evaluator import EvaluatorParams
 from pipeline.errors import stage_main
@@ -34,7 +34,7 @@ def train_evaluator(params: Sections, shards: Path = SHARDS_DIR,
     config = params.evaluator
     spec = read_spec(shard_files("train", shards)[0])
     log_mels, targets, names = RowFile((spec.n_mels, spec.n_frames)), [], {}
-    for batch in in_batches(iter_rows("train", COLUMNS, shards, single_clips=True), 256):
+    for batch in single_clip_batches("train", COLUMNS, shards):
         log_mels.append(torch.from_numpy(batch["log_mel"]))
         targets += batch["target"]
         names.update(zip(batch["target"], batch["target_name"]))
@@ -46,7 +46,7 @@ def train_evaluator(params: Sections, shards: Path = SHARDS_DIR,
     evaluator = Evaluator(model, class_ids, [names[c] for c in class_ids], spec)
     evaluator.save(out_dir)
     hits = []
-    for batch in in_batches(iter_rows("test", COLUMNS, shards, single_clips=True), 256):
+    for batch in single_clip_batches("test", COLUMNS, shards):
         known = [i for i, t in enumerate(batch["target"]) if t in index]
         if known:
             predicted = evaluator.predict(batch["log_mel"][known])
