@@ -87,6 +87,7 @@ SLOW_FIXTURES = {"tiny_base", "tiny_models", "tiny_judge", "reproduced_repo", "m
 FIRST_MODULES, LAST_MODULES = ("test_dvc_pipeline",), ("test_sharing", "test_evaluate")
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own, which reads the group marks it names nodes by
 def pytest_collection_modifyitems(items):
     for item in items:
         if SLOW_FIXTURES & set(item.fixturenames):
