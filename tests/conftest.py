@@ -102,6 +102,15 @@ def pytest_collection_modifyitems(items):
     items.sort(key=position)  # stable: tests keep their order within a module
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_node_collection_finished(node, ids):
+    """Under ``--dist loadgroup`` a worker names each test by its group; with a pytest that xdist
+    cannot rename (9.2.0 with xdist 3.8) a module would spread over both workers silently."""
+    if node.config.getoption("dist") == "loadgroup" and any("@" not in nodeid for nodeid in ids):
+        raise pytest.UsageError("pytest-xdist could not group these tests by module: install the pytest and "
+                                "pytest-xdist pinned in pyproject.toml's test extra (`make setup`)")
+
+
 @pytest.fixture(scope="session")
 def reproduced_repo(tmp_path_factory, worker_id):
     """The tiny repository after one ``dvc repro``, its results committed: the DAG and sharing
