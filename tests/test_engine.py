@@ -109,19 +109,23 @@ def test_render_on_a_cluster_at_an_address_writes_the_same_shards(tmp_path, clus
     assert files(tmp_path / "cluster") == here
 
 
+PACE = 2.0  # seconds between download starts to the media server
+
+
 def test_download_pace_holds_across_the_workers(tmp_path, tones, cluster, ontology):
     folder, ytids = tones
     csv = write_segments(tmp_path / "s.csv", [(y, 0, 10, DIAL) for y in ytids[:4]])
     with MediaServer(folder) as server:
         params = audioset(csv, server.url_template, kind="dask", address=cluster[0], task_clips=1)
-        params = parse(params.to_dict() | {"download": params.to_dict()["download"] | {"sleep_seconds": 0.5}})
+        params = parse(params.to_dict() | {"download": params.to_dict()["download"] | {"sleep_seconds": PACE}})
         rows, _ = acquire(params, tmp_path / "raw", ontology)
     assert {r["status"] for r in rows} == {"ok"}
     starts = sorted(server.first_request.values())
     # two workers took a task each at once; unpaced, their first requests come together.
     # The pace is kept from one download's start to the next; the request follows the start
-    # by a fraction of a second that varies, hence the margin.
-    assert all(later - earlier >= 0.3 for earlier, later in zip(starts, starts[1:])), starts
+    # by a lag that varies with the machine's load (0.4 s more for one of two, seen beside the
+    # other test worker), hence half the pace as the margin.
+    assert all(later - earlier >= PACE / 2 for earlier, later in zip(starts, starts[1:])), starts
 
 
 def test_a_killed_worker_costs_only_its_tasks(tmp_path, tones, cluster, ontology):
