@@ -50,8 +50,18 @@ def make_tiny_repo(path: Path) -> Path:
 
 
 def copy_repo(source: Path, target: Path) -> Path:
-    """A copy of a tiny repository, git history, DVC cache and outputs included."""
-    shutil.copytree(source, target, symlinks=True)
+    """A copy of a tiny repository, git history, DVC cache and outputs included. The cache's
+    files are hard links to the source's: DVC writes a cache file once and never changes it,
+    and a copy of them in every test that takes a repository filled CI's disk."""
+    cache = source / ".dvc" / "cache"
+
+    def link_cache_copy_rest(file, destination):
+        if Path(file).is_relative_to(cache):
+            os.link(file, destination)
+        else:
+            shutil.copy2(file, destination)
+
+    shutil.copytree(source, target, symlinks=True, copy_function=link_cache_copy_rest)
     return target
 
 
