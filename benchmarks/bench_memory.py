@@ -20,6 +20,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from pipeline.ontology import Ontology
@@ -122,13 +123,15 @@ def main() -> None:
             for code in args.code:
                 shutil.rmtree(root / "out", ignore_errors=True)
                 for stage in [s for s in STAGES if s in args.stages]:
+                    started = time.monotonic()
                     out = subprocess.run([sys.executable, "-c", RUN, json.dumps(params.to_dict()), str(root), stage,
                                           str(BASE), str(JUDGE)], cwd=code, capture_output=True, text=True)
                     if out.returncode:
                         raise SystemExit(f"{stage} at {scale}x failed:\n{out.stderr[-3000:]}")
                     peak = json.loads(out.stdout.strip().splitlines()[-1])["peak_mb"]
                     results[(code, scale, stage)] = (rendered["rows"].get("train", 0), peak)
-                    print(f"  {code} x{scale} {stage}: {peak:.0f} MB", file=sys.stderr)
+                    seconds = time.monotonic() - started
+                    print(f"  {code} x{scale} {stage}: {peak:.0f} MB in {seconds:.0f} s", file=sys.stderr)
     print("| code | stage | scale | training rows | peak RSS (MB) | vs 1× |\n|---|---|---|---|---|---|")
     for code in args.code:
         for stage in args.stages:
