@@ -5,7 +5,7 @@ spectrogram and a player for each vocoder (the set's own WAV, and the other voco
 of the same image), under the class's accuracy with its 95% interval; then the long
 out-painted clip with its window seams marked, and the in-painted test clips before and after,
 the redrawn region marked. The page references its media by relative path (the samples in
-``data/samples/``, what it voices or extracts in ``data/report/``), so it opens from a clone
+``data/samples/``, what it voices or extracts in ``metrics/report/``), so it opens from a clone
 after ``dvc pull`` with no server and no network.
 """
 
@@ -181,14 +181,18 @@ class Page:
     def add(self, text: str) -> None:
         self.parts.append(text)
 
+    def player(self, path: Path, label: str = "") -> str:
+        """A player of ``path``'s sound, under ``label`` if one is given; it reads only the file's
+        header until it is played, so a page of hundreds of clips opens at once."""
+        caption = f'<div class="label">{html.escape(label)}</div>' if label else ""
+        return f'{caption}<audio controls preload="metadata" src="{self.href(path)}"></audio>'
+
     def clip(self, clip: Clip, long: bool = False) -> None:
         marks = "".join(f'<span class="seam" style="left:{100 * s:.3f}%"></span>' for s in clip.seams)
         if clip.region:
             start, end = clip.region
             marks += f'<span class="region" style="left:{100 * start:.3f}%;width:{100 * (end - start):.3f}%"></span>'
-        players = "".join(f'<div class="label">{html.escape(label)}</div>'
-                          f'<audio controls preload="metadata" src="{self.href(path)}"></audio>'
-                          for label, path in clip.audio.items())
+        players = "".join(self.player(path, label) for label, path in clip.audio.items())
         self.add(f'<div class="clip{" long" if long else ""}"><div class="label">{html.escape(clip.title)}</div>'
                  f'<figure><img src="{self.href(clip.image)}" alt="{html.escape(clip.title)}">{marks}</figure>'
                  f'{players}</div>')
@@ -358,8 +362,7 @@ def blind_page(trials: int, seed: int, page_path: Path, resolution: str, root: P
         sides = {label: copy(model, getattr(row, f"wav_{model}"), f"pair-{k:03d}-{label.lower()}")
                  for label, model in zip("AB", order)}
         key[f"pair-{k:03d}"] = {"kind": "pair", "finetuned": "AB"[order.index("finetuned")], "class": row.class_name}
-        players = "".join(f'<div class="label">{label}</div><audio controls preload="metadata" '
-                          f'src="{page.href(path)}"></audio>' for label, path in sides.items())
+        players = "".join(page.player(path, label) for label, path in sides.items())
         html_trials.append(f'<div class="trial" data-trial="pair-{k:03d}"><p>Which sounds more like '
                            f'<b>{html.escape(row.class_name)}</b>?</p>{players}'
                            '<button data-answer="A">A</button> <button data-answer="B">B</button></div>')
@@ -371,7 +374,7 @@ def blind_page(trials: int, seed: int, page_path: Path, resolution: str, root: P
         key[f"name-{k:03d}"] = {"kind": "name", "class": row.class_name, "options": len(options)}
         buttons = " ".join(f'<button data-answer="{html.escape(o)}">{html.escape(o)}</button>' for o in options)
         html_trials.append(f'<div class="trial" data-trial="name-{k:03d}"><p>What is this the sound of?</p>'
-                           f'<audio controls preload="metadata" src="{page.href(path)}"></audio>{buttons}</div>')
+                           f'{page.player(path)}{buttons}</div>')
     key_path = page_path.with_suffix(".key.json")
     write_json(key_path, {"page": page_path.name, "seed": seed, "resolution": resolution, "trials": key})
     page.add("<h1>Blind listening test</h1><p>Listen to each trial and click your answer (you may change it). "
