@@ -148,7 +148,10 @@ def iter_rows(split: str, columns: Sequence[str], root: Path | str = SHARDS_DIR,
                 yield {c: batch[c][i] for c in columns}
 
 
-BATCH_ROWS = 256  # rows held at once (as audio, 160 MB of 10 s clips at 16 kHz): a multiple of every extractor's batch
+# rows held at once: a multiple of every extractor's batch (Inception 32, aisfx 16, VAE 32, evaluator 64),
+# and small enough that any split fills it (41 MB of 10 s clips at 16 kHz as audio; peaks then no longer grow
+# with the split, docs/scale.md#memory)
+BATCH_ROWS = 64
 
 
 def single_clip_batches(split: str, columns: Sequence[str], root: Path | str = SHARDS_DIR,
