@@ -20,10 +20,11 @@ import torch
 from diffusers import AutoencoderKL
 
 from pipeline.audio.shards import read_spec, shard_files, single_clip_batches
-from pipeline.audio.spectrogram import image_to_log_mel, log_mel_to_grey
-from pipeline.evaluation.extractors import Inception
+from pipeline.audio.spectrogram import image_to_log_mel
+from pipeline.evaluation.extractors import Inception, SoundEmbedding
 from pipeline.evaluation.references import Judge
 from pipeline.evaluation.report import wilson
+from pipeline.evaluation.scoring import Scorer
 from pipeline.models.diffusion import build_vae, reconstruct
 from pipeline.params import load
 from pipeline.paths import FINETUNED_DIR, JUDGE_DIR, SHARDS_DIR
@@ -47,18 +48,16 @@ def variant_vae(channels: tuple[int, ...], latent_channels: int, layers: int, si
     return AutoencoderKL.from_config({**shaped.config, "latent_channels": latent_channels})
 
 
-def validation_scores(vae, judge: Judge, inception: Inception, spec, shards: Path) -> dict:
+def validation_scores(vae, scorer: Scorer, shards: Path) -> dict:
     """Mean error in dB of the reconstructed validation log-mels, and how often the judge hears
-    their class (``vae=None``: the real clips, the ceiling)."""
-    side = spec.image_size
-    head, errors, hits = judge.head_for(side, side), [], []
+    their class, read as ``evaluate`` reads the test clips' (``vae=None``: the real clips, the ceiling)."""
+    errors, hits = [], []
     for batch in single_clip_batches("val", ["image", "log_mel", "target"], shards):
         real = torch.from_numpy(batch["log_mel"])
         recovered = real if vae is None else image_to_log_mel(
-            torch.from_numpy(reconstruct(vae, batch["image"])), spec, n_frames=real.shape[-1])
+            torch.from_numpy(reconstruct(vae, batch["image"])), scorer.spec, n_frames=real.shape[-1])
         errors.append((recovered - real).abs().mean(dim=(1, 2)).numpy())
-        grey = log_mel_to_grey(recovered, spec, side, side).numpy()
-        hits.append(judge.hits(head, inception(grey), batch["target"]))
+        hits.append(scorer.image_hits(recovered, batch["target"]))
     hits = np.concatenate(hits)
     return {"mae_db": float(np.concatenate(errors).mean()), "accuracy": float(np.nanmean(hits)),
             "clips": int(np.isfinite(hits).sum())}
@@ -75,11 +74,12 @@ def main() -> None:
                                                                         vae_steps=args.spectrogram_steps)
     shards = SHARDS_DIR
     spec = read_spec(shard_files("val", shards)[0])
-    judge, inception = Judge.load(JUDGE_DIR), Inception.from_params("", "", 32)
+    scorer = Scorer(Judge.load(JUDGE_DIR), Inception.from_params("", "", 32), SoundEmbedding(spec.sample_rate),
+                    spec, 0, 0)
     photos, images = natural_photographs(), SplitImages("train", shards)
-    rows = [("real validation clips (ceiling)", validation_scores(None, judge, inception, spec, shards), 0.0)]
+    rows = [("real validation clips (ceiling)", validation_scores(None, scorer, shards), 0.0)]
     pipeline_vae = AutoencoderKL.from_pretrained(FINETUNED_DIR / "vae", use_safetensors=True).eval()
-    rows.append(("pipeline's models/finetuned/vae", validation_scores(pipeline_vae, judge, inception, spec, shards),
+    rows.append(("pipeline's models/finetuned/vae", validation_scores(pipeline_vae, scorer, shards),
                  0.0))
     for name in args.variants:
         channels, latent_channels = VARIANTS[name]
@@ -88,7 +88,7 @@ def main() -> None:
         vae = variant_vae(channels, latent_channels, params.model.vae_layers_per_block, spec.image_size)
         train_vae(vae, photos, params.pretrain, np.random.default_rng(params.pretrain.seed))
         finetune_vae(vae, images, train, torch.device("cpu"))
-        scores = validation_scores(vae, judge, inception, spec, shards)
+        scores = validation_scores(vae, scorer, shards)
         rows.append((f"{name}: channels {channels}, {latent_channels} latent channels", scores,
                      time.perf_counter() - started))
         print(f"{rows[-1][0]}: {scores}", file=sys.stderr, flush=True)
