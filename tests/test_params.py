@@ -58,6 +58,8 @@ def test_switching_profile_and_back(tmp_path):
     ({"sample": {"guidance_scale": [3.0, 3.0]}}, r"sample\.guidance_scale: lists a scale twice"),
     ({"sample": {"guidance_scale": [0.5, 3.0]}}, r"sample\.guidance_scale: must be at least 1"),
     ({"sample": {"guidance_scale": []}}, r"sample\.guidance_scale: needs at least one scale"),
+    ({"train": {"resolutions": ["64x401"]}}, r"train\.resolutions\[0\]: .*multiples of 8"),
+    ({"train": {"resolutions": ["64x400", "64x400"]}}, r"train\.resolutions: lists a size twice"),
     ({"train": {"vae_crop_size": 60}}, r"train\.vae_crop_size: must be a positive multiple of 8"),
     ({"spectrogram": {"min_db": -float("inf")}}, r"spectrogram\.min_db: must be a finite number"),
     ({"spectrogram": {"clip_seconds": float("inf")}}, r"spectrogram\.clip_seconds: must be a finite"),

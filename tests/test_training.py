@@ -127,17 +127,37 @@ def test_split_images_are_the_split_row_by_row(tiny_shards):
     assert np.array_equal(images[order], whole[order])
 
 
-def test_the_training_set_holds_each_caption_once_and_finds_every_rows(tiny_shards, tiny_base):
+def test_the_training_set_holds_each_caption_once_and_a_geometry_per_micro_batch(tiny_shards, tiny_base):
+    from pipeline.audio.spectrogram import log_mel_to_grey
+    from pipeline.config.train import TrainParams
     from pipeline.models.diffusion import caption_embeddings, load_pipeline
 
     shards, params = tiny_shards
     pipe = load_pipeline(tiny_base)
-    data = encode_training_set(pipe, shards, "cpu", vae_tuned=False)
-    captions = read_split("train", ["caption"], shards)["caption"]
+    size = params.spec.image_size
+    data = encode_training_set(pipe, shards, "cpu", vae_tuned=False, resolutions=(f"{size}x{size}", "64x400"))
+    split = read_split("train", ["caption", "image", "log_mel"], shards)
+    captions = split["caption"]
     states = caption_embeddings(pipe, captions)
     assert len(data.caption_states) == len(set(captions) | {""}) < len(captions)
     for row, caption in enumerate(captions):
         assert torch.equal(data.caption_states[data.caption_index[row]], states[caption])
+
+    # the training size is the rendered images; another is drawn from the log-mels as evaluate draws it
+    rows = [0, len(captions) - 1]
+    with torch.no_grad():
+        rendered = pipe.vae.encode(uint8_to_pm1(split["image"][rows])).latent_dist.mean
+        redrawn = log_mel_to_grey(torch.from_numpy(split["log_mel"][rows]), params.spec, 64, 400)
+        wide = pipe.vae.encode(uint8_to_pm1(redrawn)).latent_dist.mean
+    assert torch.allclose(data.means[0][rows], rendered, atol=1e-5)
+    assert torch.allclose(data.means[1][rows], wide, atol=1e-5)
+
+    config = TrainParams(batch_size=3, resolutions=(f"{size}x{size}", "64x400"))
+    shapes = [tuple(data.micro_batch(index, config, "cpu")[0].shape) for index in range(4)]
+    channels = data.means[0].shape[0]
+    assert shapes == [(3, channels, size // 8, size // 8), (3, channels, 8, 50)] * 2  # in turn, one shape a batch
+    again = data.micro_batch(3, config, "cpu")[0]  # what a resumed run draws
+    assert torch.equal(again, data.micro_batch(3, config, "cpu")[0])
 
 
 def test_the_vae_error_summed_by_batch_is_the_mean_over_the_split(tiny_shards, tiny_base):

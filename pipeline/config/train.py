@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pipeline.config.core import require
+from pipeline.config.spectrogram import parse_resolution
 
 PRECISIONS = ("auto", "no", "bf16", "fp16")
 INITS = ("pretrained", "scratch")
@@ -22,6 +23,10 @@ class TrainParams:
     lr_schedule: str = "constant_with_warmup"
     warmup_steps: int = 100
     max_grad_norm: float = 1.0
+    # The geometries the U-Net learns, micro-batch m at the (m mod count)th: sampling 64x400
+    # asks for 8x50 latents, which a U-Net that only saw the training size's has never met
+    # (aspect-ratio buckets, as SDXL trains). Empty: the rendered (training) size only.
+    resolutions: tuple[str, ...] = ("128x128", "64x400")
     caption_dropout: float = 0.1  # trains the unconditional score classifier-free guidance needs
     noise_offset: float = 0.1  # offset noise: lets the model make dark (spectrogram) images
     # Rescale the noise schedule to zero terminal SNR and predict v (Lin et al. 2023): the
@@ -52,6 +57,10 @@ class TrainParams:
         require(self.learning_rate > 0, "train.learning_rate", "must be positive")
         require(self.lr_schedule in LR_SCHEDULES, "train.lr_schedule", f"must be one of {LR_SCHEDULES}")
         require(self.warmup_steps >= 0, "train.warmup_steps", "must not be negative")
+        for i, text in enumerate(self.resolutions):
+            parse_resolution(text, f"train.resolutions[{i}]")
+        require(len(set(self.resolutions)) == len(self.resolutions), "train.resolutions",
+                "lists a size twice")
         require(self.max_grad_norm > 0, "train.max_grad_norm", "must be positive")
         require(0.0 <= self.caption_dropout < 1.0, "train.caption_dropout", "must be within [0, 1)")
         require(self.noise_offset >= 0.0, "train.noise_offset", "must not be negative")

@@ -4,7 +4,8 @@
 spectrograms), encode the training set once (a VAE posterior per image), start or resume the
 optimisation, then the diffusion loop (:func:`~pipeline.training.unet.train_step` under
 accelerate; caption dropout for classifier-free guidance; EMA; checkpoints). No flips or crops
-touch the U-Net's images: they would reverse or cut time.
+touch the U-Net's images: they would reverse or cut time. Micro-batches take the geometries of
+``train.resolutions`` in turn, so the U-Net learns the shapes it is sampled at.
 
 A run resumed from a checkpoint reaches the same weights as one that never stopped, and P
 processes under ``accelerate launch`` train what one does with P times the accumulation
@@ -69,7 +70,7 @@ def train(params: Sections, shards: Path = SHARDS_DIR, base: Path = PRETRAINED_D
                        config.checkpoint_every, config.keep_checkpoints)
     live = Live(str(live_dir), save_dvc_exp=False, dvcyaml=False) if main_process else None
     report = adapt_vae(pipe.vae, shards, spec, config, run, live, accelerator)
-    data = encode_training_set(pipe, shards, device, config.finetune_vae)
+    data = encode_training_set(pipe, shards, device, config.finetune_vae, config.resolutions)
     optimizer, scheduler, ema = start_optimisation(pipe.unet, config, run)
     # the schedule is not prepared: accelerate would step it once per process per step
     unet, optimizer = accelerator.prepare(pipe.unet, optimizer)
@@ -111,7 +112,7 @@ def train(params: Sections, shards: Path = SHARDS_DIR, base: Path = PRETRAINED_D
         live.end()
     report.update({
         "steps": config.steps, "resumed_from_step": run.start_step, "final_loss": progress.loss,
-        "training_rows": len(data.means), "ema": config.ema, "init": config.init,
+        "training_rows": data.rows, "ema": config.ema, "init": config.init,
         "mixed_precision": accelerator.mixed_precision, "processes": accelerator.num_processes,
     })
     trained = config.steps - run.start_step

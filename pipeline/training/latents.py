@@ -12,7 +12,9 @@ import pyarrow.parquet as pq
 import torch
 from tqdm import tqdm
 
-from pipeline.audio.shards import ShardError, decode_png, iter_batches, shard_files
+from pipeline.audio.shards import ShardError, decode_png, iter_batches, read_spec, shard_files
+from pipeline.audio.spectrogram import log_mel_to_grey
+from pipeline.config.spectrogram import format_resolution, parse_resolution
 from pipeline.config.train import TrainParams
 from pipeline.models.diffusion import caption_embeddings, uint8_to_pm1
 from pipeline.paths import SHARDS_DIR
@@ -60,16 +62,25 @@ SCALING_ROWS = 4096  # latents a tuned VAE's scaling factor is measured on: a bo
 
 
 @torch.no_grad()
-def cache_posteriors(vae, shards: Path, batch_size: int, device) -> tuple[RowFile, RowFile, list[str]]:
+def cache_posteriors(vae, shards: Path, batch_size: int, device,
+                     resolution: tuple[int, int] | None = None) -> tuple[RowFile, RowFile, list[str]]:
     """One VAE posterior (mean, std) per training image, encoded once: at 512 px the encoder
     would otherwise cost more than the U-Net step. Latents are sampled from them per step.
-    They go to files as they are made, so memory does not grow with the split."""
+    They go to files as they are made, so memory does not grow with the split.
+
+    ``resolution`` ``(H, W)``: each image drawn anew at that size from its log-mel, as
+    evaluate draws the real clips it scores at that size; None: the rendered images."""
+    spec = read_spec(shard_files("train", shards)[0])
     means = stds = None
     captions: list[str] = []
     total = sum(pq.read_metadata(f).num_rows for f in shard_files("train", shards))
-    progress = tqdm(total=total, desc="cache latents", unit="img", file=sys.stderr)
-    for batch in iter_batches("train", ["caption", "image"], batch_size=batch_size, root=shards):
-        posterior = vae.encode(uint8_to_pm1(batch["image"]).to(device, vae.dtype)).latent_dist
+    size = "" if resolution is None else f" {format_resolution(*resolution)}"
+    progress = tqdm(total=total, desc=f"cache latents{size}", unit="img", file=sys.stderr)
+    columns = ["caption", "image" if resolution is None else "log_mel"]
+    for batch in iter_batches("train", columns, batch_size=batch_size, root=shards):
+        images = batch["image"] if resolution is None else \
+            log_mel_to_grey(torch.from_numpy(batch["log_mel"]), spec, *resolution)
+        posterior = vae.encode(uint8_to_pm1(images).to(device, vae.dtype)).latent_dist
         if means is None:
             means, stds = RowFile(posterior.mean.shape[1:]), RowFile(posterior.std.shape[1:])
         means.append(posterior.mean.float().cpu())
@@ -84,34 +95,48 @@ def cache_posteriors(vae, shards: Path, batch_size: int, device) -> tuple[RowFil
 
 @dataclass
 class TrainingSet:
-    """A VAE posterior per training image (latents are sampled from it at each step) and the
-    text-encoder states of its caption (held once per distinct caption)."""
+    """VAE posteriors per training image, one set per training geometry (latents are sampled
+    from them at each step), and the text-encoder states of its caption (held once per
+    distinct caption)."""
 
-    means: RowFile
-    stds: RowFile
+    means: list[RowFile]  # per geometry, in train.resolutions' order
+    stds: list[RowFile]
     caption_index: torch.Tensor  # per row, its caption's place in caption_states
     caption_states: torch.Tensor
     unconditional: torch.Tensor  # the empty caption's states, for dropped captions
     scaling: float
 
+    @property
+    def rows(self) -> int:
+        return len(self.means[0])
+
     def micro_batch(self, index: int, config: TrainParams, device):
-        """(scaled latents, caption states, its generator) of micro-batch ``index``; every draw
-        comes from ``(train.seed, index)``, so a resumed run draws what an unbroken one would."""
+        """(scaled latents, caption states, its generator) of micro-batch ``index``, drawn at
+        geometry ``index`` mod their count (a batch holds one shape); every draw comes from
+        ``(train.seed, index)``, so a resumed run draws what an unbroken one would."""
         generator = micro_batch_generator(config.seed, index)
-        rows = micro_batch_rows(index, len(self.means), config.batch_size, config.seed)
-        means, stds = self.means[rows], self.stds[rows]
+        rows = micro_batch_rows(index, self.rows, config.batch_size, config.seed)
+        geometry = index % len(self.means)
+        means, stds = self.means[geometry][rows], self.stds[geometry][rows]
         noise = torch.randn(means.shape, generator=generator)
         latents = ((means + stds * noise) * self.scaling).to(device)
         return latents, self.caption_states[self.caption_index[torch.from_numpy(rows)]], generator
 
 
-def encode_training_set(pipe, shards: Path, device, vae_tuned: bool) -> TrainingSet:
-    """The training split through the pipeline's VAE and text encoder; a tuned VAE's latents
-    have a spread of their own, so its scaling is set anew (on the first
-    :data:`SCALING_ROWS`), as the pre-training set it."""
-    means, stds, captions = cache_posteriors(pipe.vae, shards, 32, device)
+def encode_training_set(pipe, shards: Path, device, vae_tuned: bool,
+                        resolutions: tuple[str, ...] = ()) -> TrainingSet:
+    """The training split through the pipeline's VAE and text encoder, at each of
+    ``resolutions`` (none: the rendered size). A tuned VAE's latents have a spread of their
+    own, so its scaling is set anew (on the first :data:`SCALING_ROWS` of the first
+    geometry), as the pre-training set it."""
+    spec = read_spec(shard_files("train", shards)[0])
+    geometries = [parse_resolution(text, "train.resolutions") for text in resolutions] or [None]
+    # the rendered images are the training size drawn once, at render
+    geometries = [None if size == (spec.image_size, spec.image_size) else size for size in geometries]
+    posteriors = [cache_posteriors(pipe.vae, shards, 32, device, size) for size in geometries]
+    means, stds, captions = [p[0] for p in posteriors], [p[1] for p in posteriors], posteriors[0][2]
     if vae_tuned:
-        scale_to_unit_variance(pipe.vae, means[range(min(len(means), SCALING_ROWS))])
+        scale_to_unit_variance(pipe.vae, means[0][range(min(len(means[0]), SCALING_ROWS))])
     states_by_caption = caption_embeddings(pipe, captions)
     distinct = {caption: place for place, caption in enumerate(states_by_caption)}
     return TrainingSet(means, stds, torch.tensor([distinct[c] for c in captions]),
