@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup run test test-fast smoke rehearse bench
+.PHONY: setup run seeds test test-fast smoke rehearse bench
 
 # pytest-xdist workers for `make test`; each gets its share of the cores (tests/conftest.py) and a
 # test module stays on one worker. TEST_WORKERS=0 runs every test in one process.
@@ -34,6 +34,11 @@ $(CHROMEDRIVER):
 run: $(STAMP)
 	python -m pipeline.params  # every section at once: a typo in evaluate.* is not found an hour in
 	dvc repro
+
+# The default over training seeds 0, 1 and 2 (the workspace's, then DVC experiments in temporary
+# copies): mean and spread of every headline score and target -> metrics/seeds.md.
+seeds: run
+	specldm seeds 0 1 2
 
 test: $(STAMP) $(CHROMEDRIVER)
 	ruff check pipeline tests benchmarks

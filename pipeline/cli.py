@@ -355,6 +355,9 @@ def main(argv: list[str] | None = None) -> int:
     versus.add_argument("a", nargs="?", default="main", help="a git revision (default: main)")
     versus.add_argument("b", nargs="?", default="workspace",
                         help="a git revision, or 'workspace' for the files as they are (the default)")
+    over_seeds = commands.add_parser("seeds", help="the headline scores and targets over training seeds (each "
+                                     "but the workspace's a DVC experiment): mean and spread -> metrics/seeds.md")
+    over_seeds.add_argument("seeds", nargs="*", type=int, default=[0, 1, 2], help="seeds (default: 0 1 2)")
     listen = commands.add_parser("report", help="listening pages beyond metrics/report.html: another revision "
                                  "beside this one, or a blind listening test and its tally")
     mode = listen.add_mutually_exclusive_group(required=True)
@@ -381,6 +384,10 @@ def main(argv: list[str] | None = None) -> int:
             from pipeline.evaluation.compare import report
 
             print(report(args.a, args.b)[0], end="")
+        elif args.command == "seeds":
+            from pipeline.evaluation.seeds import seeds_table
+
+            print(seeds_table(sorted(set(args.seeds))), end="")
         elif args.command == "report":
             listening_report(args)
         else:

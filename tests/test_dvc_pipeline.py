@@ -139,3 +139,20 @@ def test_every_stage_dependency_exists():
             assert dep in produced or (ROOT / dep).exists(), f"{name}: missing dependency {dep}"
         for key in stage.get("params", []):
             assert key.split(".")[0] in groups, f"{name}: unknown params key {key}"
+
+
+def test_seeds_run_as_experiments_beside_the_workspace_and_are_read_again(repo):
+    before = {path: (repo / path).read_bytes() for path in ("params.yaml", "metrics/metrics.json", "dvc.lock")}
+    ran = run(["specldm", "seeds", "0", "1"], repo)
+    # seed 0 is the workspace's; seed 1 retrains and resamples in a temporary copy, the rest from the cache
+    assert stages_ran(ran) == {"train", "sample", "evaluate"}
+    assert {path: (repo / path).read_bytes() for path in before} == before
+    summary = json.loads((repo / "metrics" / "seeds.json").read_text())
+    workspace = json.loads(before["metrics/metrics.json"])
+    assert summary["seeds"] == [0, 1]
+    fid = summary["scores"]["fid.finetuned.64x64"]["seeds"]
+    assert fid[0] == workspace["fid.finetuned.64x64"] and fid[1] != fid[0]  # other samples, another score
+    assert "| seed 0 | seed 1 | mean ± sd |" in ran and "met on" in ran
+    # made once: asked again, the experiment is read, not rerun
+    again = run(["specldm", "seeds", "0", "1"], repo)
+    assert stages_ran(again) == set() and json.loads((repo / "metrics" / "seeds.json").read_text()) == summary

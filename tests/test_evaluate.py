@@ -228,3 +228,26 @@ def test_generate_errors(tiny_models, capsys, argv, message):
     err = capsys.readouterr().err
     assert message in err
     assert "Traceback" not in err
+
+
+def test_the_seed_summary_gives_mean_spread_and_targets_met_per_seed():
+    from pipeline.evaluation.seeds import markdown, summarise
+
+    def scores(finetuned_wide, seam):
+        return {"accuracy.finetuned.64x400": finetuned_wide, "accuracy.real.64x400": 0.9,
+                "longform.seam_ratio": seam, "kid.finetuned.64x400": 0.1}
+
+    summary = summarise({0: scores(0.81, 1.1), 3: scores(0.63, 1.3)}, "128x128")
+    assert summary["seeds"] == [0, 3]
+    assert summary["scores"]["accuracy.finetuned.64x400"] == pytest.approx({"seeds": [0.81, 0.63], "mean": 0.72,
+                                                                            "sd": 0.18 / 2 ** 0.5})
+    assert "kid.finetuned.64x400" not in summary["scores"]  # not a headline score
+    wide = summary["targets"]["fine-tuned accuracy / ceiling, 64x400"]
+    assert wide["seeds"] == pytest.approx([0.9, 0.7]) and wide["met_on"] == 1 and wide["bound"] == ">= 0.8"
+    seam = summary["targets"]["long-clip seam flux ratio"]
+    assert seam["met_on"] == 1 and seam["bound"] == "<= 1.2"
+    # a score a seed lacks is a target not met, never one met
+    assert summary["targets"]["VAE reconstruction accuracy / ceiling"]["met_on"] == 0
+    text = markdown(summary)
+    assert "| seed 0 | seed 3 | mean ± sd |" in text
+    assert "| long-clip seam flux ratio (<= 1.2; met on 1 of 2) | 1.100 | 1.300 | 1.200 ± 0.141 |" in text
