@@ -11,7 +11,9 @@ from this commit is read, not rerun, so a stopped command picks up where it stop
 from __future__ import annotations
 
 import math
+import os
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,8 +85,11 @@ def experiment_commit(seed: int, root: Path) -> str | None:
 def run_seed(seed: int, root: Path) -> str:
     made = experiment_commit(seed, root)
     if made is None:
+        # the stages' `python` and DVC itself are this interpreter's, activated or not
+        tools = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
         ran = subprocess.run(["dvc", "exp", "run", "--temp", "--name", f"seed-{seed}",
-                              "--set-param", f"train.seed={seed}", "--set-param", f"sample.seed={seed}"], cwd=root)
+                              "--set-param", f"train.seed={seed}", "--set-param", f"sample.seed={seed}"],
+                             cwd=root, env=tools)
         made = experiment_commit(seed, root)
         if ran.returncode or made is None:
             raise PipelineError(f"seed {seed}: `dvc exp run` failed (exit {ran.returncode}); its output is above")
@@ -135,7 +140,7 @@ def seeds_table(seeds: list[int], root: Path = Path(".")) -> str:
     if settings.train.seed != settings.sample.seed:
         raise PipelineError(f"params.yaml has train.seed {settings.train.seed} and sample.seed "
                             f"{settings.sample.seed}; a seed here sets both, so set them equal first")
-    stale = subprocess.run(["dvc", "status", "--quiet"], cwd=root).returncode
+    stale = subprocess.run([sys.executable, "-m", "dvc", "status", "--quiet"], cwd=root).returncode
     if settings.train.seed in seeds and stale:
         raise PipelineError("the workspace's metrics are not what its code and params make (`dvc status`); "
                             "run `dvc repro` first")
