@@ -140,8 +140,8 @@ def seeds_table(seeds: list[int], root: Path = Path(".")) -> str:
     if settings.train.seed != settings.sample.seed:
         raise PipelineError(f"params.yaml has train.seed {settings.train.seed} and sample.seed "
                             f"{settings.sample.seed}; a seed here sets both, so set them equal first")
-    stale = subprocess.run([sys.executable, "-m", "dvc", "status", "--quiet"], cwd=root).returncode
-    if settings.train.seed in seeds and stale:
+    if settings.train.seed in seeds and subprocess.run([sys.executable, "-m", "dvc", "status", "--quiet"],
+                                                       cwd=root).returncode:
         raise PipelineError("the workspace's metrics are not what its code and params make (`dvc status`); "
                             "run `dvc repro` first")
     per_seed = {}
