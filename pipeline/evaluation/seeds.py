@@ -75,6 +75,13 @@ def _git(root: Path, *args: str) -> str:
     return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True).stdout.strip()
 
 
+def _dvc(root: Path, *args: str) -> int:
+    """Exit status of ``dvc ARGS`` run by this interpreter, whose folder leads PATH so that the
+    stages' ``python`` is this one too, activated or not."""
+    tools = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=root, env=tools).returncode
+
+
 def experiment_commit(seed: int, root: Path) -> str | None:
     """The commit of experiment ``seed-N`` made from HEAD, if there is one (DVC keeps it under
     ``refs/exps/<HEAD[:2]>/<HEAD[2:]>/<name>``)."""
@@ -85,14 +92,11 @@ def experiment_commit(seed: int, root: Path) -> str | None:
 def run_seed(seed: int, root: Path) -> str:
     made = experiment_commit(seed, root)
     if made is None:
-        # the stages' `python` and DVC itself are this interpreter's, activated or not
-        tools = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-        ran = subprocess.run(["dvc", "exp", "run", "--temp", "--name", f"seed-{seed}",
-                              "--set-param", f"train.seed={seed}", "--set-param", f"sample.seed={seed}"],
-                             cwd=root, env=tools)
+        status = _dvc(root, "exp", "run", "--temp", "--name", f"seed-{seed}",
+                      "--set-param", f"train.seed={seed}", "--set-param", f"sample.seed={seed}")
         made = experiment_commit(seed, root)
-        if ran.returncode or made is None:
-            raise PipelineError(f"seed {seed}: `dvc exp run` failed (exit {ran.returncode}); its output is above")
+        if status or made is None:
+            raise PipelineError(f"seed {seed}: `dvc exp run` failed (exit {status}); its output is above")
     return made
 
 
@@ -140,8 +144,7 @@ def seeds_table(seeds: list[int], root: Path = Path(".")) -> str:
     if settings.train.seed != settings.sample.seed:
         raise PipelineError(f"params.yaml has train.seed {settings.train.seed} and sample.seed "
                             f"{settings.sample.seed}; a seed here sets both, so set them equal first")
-    if settings.train.seed in seeds and subprocess.run([sys.executable, "-m", "dvc", "status", "--quiet"],
-                                                       cwd=root).returncode:
+    if settings.train.seed in seeds and _dvc(root, "status", "--quiet"):
         raise PipelineError("the workspace's metrics are not what its code and params make (`dvc status`); "
                             "run `dvc repro` first")
     per_seed = {}
