@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from pipeline.models.diffusion import build_unet, build_vae, diffusion_loss, noise_scheduler
+from pipeline.models.diffusion import build_unet, build_vae, diffusion_loss, latent_scale, noise_scheduler
 from pipeline.params import load
 from pipeline.training.vae import vae_step
 
@@ -30,7 +30,7 @@ def main() -> None:
     torch.manual_seed(0)
     vae = build_vae(model.vae_channels, model.vae_layers_per_block, args.image_size).eval()
     unet = build_unet(model.unet_channels, model.unet_layers_per_block, model.attention_head_dim,
-                      384, args.image_size // 8)
+                      384, args.image_size // latent_scale(vae))
     scheduler = noise_scheduler()
     optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-4)
     images = torch.rand(args.batch, 3, args.image_size, args.image_size) * 2 - 1

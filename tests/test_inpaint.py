@@ -9,7 +9,8 @@ from PIL import Image
 
 from pipeline import cli
 from pipeline.audio.spectrogram import waveform_to_log_mel
-from pipeline.models.generate import load_generator
+from pipeline.models.diffusion import build_vae, latent_scale
+from pipeline.models.generate import generate_images, load_generator
 from pipeline.models.inpaint import _draw, inpaint_log_mel, inpainter, long_latents, region_mask, windows
 from pipeline.sources.synthetic import CATALOGUE, render_clip
 
@@ -52,6 +53,25 @@ def test_long_latents_continue_each_window_from_the_last(tiny_models):
     assert strip.shape == (1, 4, 8, 20)  # 25 s at 8 cells per 10 s
     again = long_latents(pipe, [(0.0, "a spectrogram of the sound of Rain")], 25.0, 2.5, spec, 2, 3.0, 0)
     assert torch.equal(strip, again)  # seeded per window
+
+
+def test_a_4x_autoencoder_is_drawn_in_cells_of_4_pixels(tiny_models):
+    """A 3-level VAE (``model.vae_channels`` of 3) halves the image twice, not three times: the
+    latents, the in-painting mask and the out-painting windows follow it."""
+    pipe = load_generator(tiny_models["finetuned"])
+    spec = tiny_models_spec(tiny_models)
+    vae = build_vae((16, 32, 32), 1, spec.image_size).eval()
+    pipe = type(pipe)(**(pipe.components | {"vae": vae}))
+    assert latent_scale(pipe.vae) == pipe.vae_scale_factor == 4
+    known = torch.randn(1, 4, 16, 16)
+    keep = torch.zeros(16, 16, dtype=torch.bool)
+    keep[:, :5] = True
+    drawn = _draw(inpainter(pipe), "a spectrogram of the sound of Rain", known, keep, 2, 3.0, 0)
+    assert drawn.shape == known.shape and torch.equal(drawn[..., :5], known[..., :5])
+    strip = long_latents(pipe, [(0.0, "a spectrogram of the sound of Rain")], 25.0, 2.5, spec, 2, 3.0, 0)
+    assert strip.shape == (1, 4, 16, 40)  # 25 s at 16 cells per 10 s
+    images = generate_images(pipe, ["a spectrogram of the sound of Rain"], [0], 64, 400, 2, 3.0)
+    assert images.shape == (1, 64, 400)
 
 
 def tiny_models_spec(tiny_models):

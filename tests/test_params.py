@@ -61,6 +61,7 @@ def test_switching_profile_and_back(tmp_path):
     ({"train": {"resolutions": ["64x401"]}}, r"train\.resolutions\[0\]: .*multiples of 8"),
     ({"train": {"resolutions": ["64x400", "64x400"]}}, r"train\.resolutions: lists a size twice"),
     ({"train": {"vae_crop_size": 60}}, r"train\.vae_crop_size: must be a positive multiple of 8"),
+    ({"model": {"vae_channels": [16, 32]}}, r"model\.vae_channels: needs 4 levels .* or 3 \(4x\)"),
     ({"spectrogram": {"min_db": -float("inf")}}, r"spectrogram\.min_db: must be a finite number"),
     ({"spectrogram": {"clip_seconds": float("inf")}}, r"spectrogram\.clip_seconds: must be a finite"),
     ({"render": {"image_size": 2**40}}, r"render\.image_size: must be within \[8, 2048\]"),

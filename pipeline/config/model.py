@@ -21,8 +21,8 @@ class ModelParams:
 
     def __post_init__(self) -> None:
         require(bool(self.base.strip()), "model.base", "must be 'tiny' or a checkpoint")
-        require(len(self.vae_channels) == 4, "model.vae_channels",
-                "needs 4 levels (the VAE downsamples 8x, like Stable Diffusion's)")
+        require(len(self.vae_channels) in (3, 4), "model.vae_channels",
+                "needs 4 levels (the VAE downsamples 8x, like Stable Diffusion's) or 3 (4x)")
         require(len(self.unet_channels) >= 2, "model.unet_channels", "needs at least 2 levels")
         for key in ("vae_channels", "unet_channels"):
             require(all(c >= 8 and c % 8 == 0 for c in getattr(self, key)), f"model.{key}",

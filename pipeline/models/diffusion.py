@@ -62,7 +62,8 @@ def load_minilm(max_tokens: int):
 
 
 def build_vae(channels: tuple[int, ...], layers_per_block: int, sample_size: int) -> AutoencoderKL:
-    """A KL autoencoder shaped like SD's (8x downsampling needs 4 blocks, 4 latent channels)."""
+    """A KL autoencoder shaped like SD's, 4 latent channels: each block after the first halves
+    the image, so 4 blocks downsample 8x (SD's) and 3 blocks 4x."""
     return AutoencoderKL(
         in_channels=3, out_channels=3, latent_channels=4,
         down_block_types=("DownEncoderBlock2D",) * len(channels),
@@ -71,6 +72,11 @@ def build_vae(channels: tuple[int, ...], layers_per_block: int, sample_size: int
         norm_num_groups=min(8, channels[0]), mid_block_add_attention=False,
         sample_size=sample_size,
     )
+
+
+def latent_scale(vae: AutoencoderKL) -> int:
+    """Image pixels per latent cell along each side (what diffusers calls ``vae_scale_factor``)."""
+    return 2 ** (len(vae.config.block_out_channels) - 1)
 
 
 def build_unet(channels: tuple[int, ...], layers_per_block: int, attention_head_dim: int,

@@ -27,7 +27,7 @@ from PIL import Image
 from pipeline.audio.spectrogram import SpectrogramSpec, check_image_size, image_to_log_mel
 from pipeline.files import atomic_path
 from pipeline.models import compute_device
-from pipeline.models.diffusion import ModelError, load_pipeline
+from pipeline.models.diffusion import ModelError, latent_scale, load_pipeline
 from pipeline.models.vocoder import Vocode
 
 SCHEDULERS = {
@@ -63,10 +63,10 @@ def check_geometry(pipe, height: int, width: int) -> None:
     """Sizes the VAE and U-Net can take: multiples of 8, and latents no smaller than the
     U-Net's coarsest level."""
     check_image_size(height, width)
-    smallest = 2 ** (len(pipe.unet.config.block_out_channels) - 1)
-    if min(height, width) // 8 < smallest:
+    smallest, scale = 2 ** (len(pipe.unet.config.block_out_channels) - 1), latent_scale(pipe.vae)
+    if min(height, width) // scale < smallest:
         raise ModelError(f"{height}x{width} is too small for this U-Net: its latent would be "
-                         f"{height // 8}x{width // 8}, below its {smallest}x{smallest} minimum")
+                         f"{height // scale}x{width // scale}, below its {smallest}x{smallest} minimum")
 
 
 @torch.no_grad()

@@ -24,9 +24,7 @@ from diffusers import StableDiffusionInpaintPipeline
 
 from pipeline.audio.spectrogram import SpectrogramSpec, image_to_log_mel, log_mel_to_grey, mel_band_centres
 from pipeline.errors import PipelineError
-from pipeline.models.diffusion import pm1_to_uint8_grey, uint8_to_pm1
-
-LATENT_SCALE = 8  # pixels per latent cell, as in every Stable Diffusion VAE
+from pipeline.models.diffusion import latent_scale, pm1_to_uint8_grey, uint8_to_pm1
 
 
 class RegionError(PipelineError, ValueError):
@@ -43,8 +41,9 @@ def _draw(inpaint, prompt: str, known: torch.Tensor, keep: torch.Tensor, steps: 
           seed: int) -> torch.Tensor:
     """Scaled latents like ``known`` ``(1, C, h, w)``: the cells where ``keep`` (``(h, w)``,
     bool) is set come back as given, the rest drawn for ``prompt``."""
-    height, width = (LATENT_SCALE * n for n in known.shape[-2:])
-    mask = (~keep).float().repeat_interleave(LATENT_SCALE, 0).repeat_interleave(LATENT_SCALE, 1)
+    scale = latent_scale(inpaint.vae)
+    height, width = (scale * n for n in known.shape[-2:])
+    mask = (~keep).float().repeat_interleave(scale, 0).repeat_interleave(scale, 1)
     return inpaint(prompt, image=known, masked_image_latents=known, mask_image=mask[None, None],
                    height=height, width=width, strength=1.0, num_inference_steps=steps,
                    guidance_scale=guidance, generator=torch.Generator().manual_seed(seed),
@@ -79,11 +78,11 @@ def windows(total: int, window: int, overlap: int, prompts_at: list[tuple[float,
     return plan
 
 
-def plan_windows(seconds: float, overlap_seconds: float, spec: SpectrogramSpec,
+def plan_windows(seconds: float, overlap_seconds: float, spec: SpectrogramSpec, scale: int,
                  prompts_at: list[tuple[float, str]]) -> tuple[list[Window], int, int]:
     """(the :func:`windows` of a ``seconds`` clip, the overlap and the clip's length, in latent
-    cells): windows are the training width, ``image_size`` pixels."""
-    window = spec.image_size // LATENT_SCALE
+    cells of ``scale`` pixels): windows are the training width, ``image_size`` pixels."""
+    window = spec.image_size // scale
     cells_per_second = window / spec.clip_seconds
     overlap = min(window - 1, max(1, round(overlap_seconds * cells_per_second)))
     total = math.ceil(seconds * cells_per_second)
@@ -93,11 +92,12 @@ def plan_windows(seconds: float, overlap_seconds: float, spec: SpectrogramSpec,
 @torch.no_grad()
 def long_latents(pipe, prompts_at: list[tuple[float, str]], seconds: float, overlap_seconds: float,
                  spec: SpectrogramSpec, steps: int, guidance: float, seed: int) -> torch.Tensor:
-    """Scaled latents ``(1, C, image_size/8, w)`` for ``seconds`` of audio, window by window.
-    ``prompts_at`` is ``[(second, prompt), ...]``, starting at second 0."""
-    inpaint = inpainter(pipe)
-    plan, overlap, total = plan_windows(seconds, overlap_seconds, spec, prompts_at)
-    window = spec.image_size // LATENT_SCALE
+    """Scaled latents ``(1, C, image_size/f, w)`` (``f`` the VAE's :func:`latent_scale`) for
+    ``seconds`` of audio, window by window. ``prompts_at`` is ``[(second, prompt), ...]``,
+    starting at second 0."""
+    inpaint, scale = inpainter(pipe), latent_scale(pipe.vae)
+    plan, overlap, total = plan_windows(seconds, overlap_seconds, spec, scale, prompts_at)
+    window = spec.image_size // scale
     channels = pipe.vae.config.latent_channels
     strip = torch.zeros(1, channels, window, 0)
     for number, planned in enumerate(plan):
@@ -147,8 +147,8 @@ def inpaint_log_mel(pipe, log_mel: torch.Tensor, mask: np.ndarray, prompt: str, 
                     steps: int, guidance: float, seed: int) -> torch.Tensor:
     """``log_mel`` ``(n_mels, frames)`` with the cells of ``mask`` drawn again for ``prompt``;
     every other cell is returned exactly as given."""
-    frames = log_mel.shape[-1]
-    width = LATENT_SCALE * math.ceil(frames * spec.image_size / spec.n_frames / LATENT_SCALE)
+    frames, scale = log_mel.shape[-1], latent_scale(pipe.vae)
+    width = scale * math.ceil(frames * spec.image_size / spec.n_frames / scale)
     padded_frames = round(width * spec.n_frames / spec.image_size)
     padded = torch.nn.functional.pad(log_mel, (0, padded_frames - frames), value=spec.min_db)
     grey = log_mel_to_grey(padded, spec, spec.image_size, width)
@@ -159,7 +159,7 @@ def inpaint_log_mel(pipe, log_mel: torch.Tensor, mask: np.ndarray, prompt: str, 
     # a cell is redrawn when any of its pixels is
     mask_image = log_mel_to_grey(torch.from_numpy(np.pad(mask, ((0, 0), (0, padded_frames - frames)))).float()
                                  * (spec.max_db - spec.min_db) + spec.min_db, spec, spec.image_size, width) > 0
-    cells = mask_image.reshape(known.shape[-2], LATENT_SCALE, known.shape[-1], LATENT_SCALE).any(3).any(1)
+    cells = mask_image.reshape(known.shape[-2], scale, known.shape[-1], scale).any(3).any(1)
     drawn = _draw(inpainter(pipe), prompt, known, ~cells, steps, guidance, seed)
     redrawn = image_to_log_mel(torch.from_numpy(decode(pipe, drawn)), spec, n_frames=padded_frames)[..., :frames]
     return torch.where(torch.from_numpy(mask), redrawn, log_mel)

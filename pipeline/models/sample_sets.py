@@ -21,9 +21,10 @@ from pipeline.audio.spectrogram import log_mel_to_grey
 from pipeline.config.sample import SampleParams
 from pipeline.evaluation.scores import frechet
 from pipeline.files import atomic_path
+from pipeline.models.diffusion import latent_scale
 from pipeline.models.evaluator import Evaluator, accuracy, as_clips
 from pipeline.models.generate import generate_images, image_to_audio, save_png, save_wav
-from pipeline.models.inpaint import LATENT_SCALE, decode, inpaint_log_mel, long_latents, plan_windows, region_mask
+from pipeline.models.inpaint import decode, inpaint_log_mel, long_latents, plan_windows, region_mask
 from pipeline.models.vocoder import Vocode
 from pipeline.paths import INPAINTED, METRICS_DIR
 
@@ -131,8 +132,9 @@ def longform_set(pipe, prompts: list[dict], config: SampleParams, guidance: floa
     which; ``sample.longform_classes`` draws a seeded few), and the frames where each window's
     new part begins."""
     out_dir.mkdir(parents=True)
-    plan, _, _ = plan_windows(config.longform_seconds, LONGFORM_OVERLAP, spec, [(0.0, "")])
-    frames_per_cell = LATENT_SCALE * spec.n_frames / spec.image_size
+    scale = latent_scale(pipe.vae)
+    plan, _, _ = plan_windows(config.longform_seconds, LONGFORM_OVERLAP, spec, scale, [(0.0, "")])
+    frames_per_cell = scale * spec.n_frames / spec.image_size
     seams = " ".join(str(round(w.start * frames_per_cell)) for w in plan[1:])
     chosen = range(len(prompts))
     if 0 < config.longform_classes < len(prompts):

@@ -32,6 +32,7 @@ from pipeline.models.diffusion import (
     build_vae,
     caption_embeddings,
     diffusion_training_loss,
+    latent_scale,
     load_minilm,
     materialise_base,
     noise_scheduler,
@@ -72,7 +73,7 @@ def pretrain_tiny(params: Sections, out_dir: Path) -> dict:
     tokenizer, text_encoder = load_minilm(model.max_tokens)
     vae = build_vae(model.vae_channels, model.vae_layers_per_block, image_size)
     unet = build_unet(model.unet_channels, model.unet_layers_per_block, model.attention_head_dim,
-                      text_encoder.config.hidden_size, image_size // 8)
+                      text_encoder.config.hidden_size, image_size // latent_scale(vae))
     started = time.perf_counter()
     vae_loss = train_vae(vae, photos, config, rng)
 
