@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from PIL import Image
-from safetensors.torch import load_file
+from safetensors import safe_open
 from tqdm import tqdm
 
 from pipeline.audio.shards import iter_rows
@@ -126,21 +126,22 @@ def inpaint_clips(folder: Path, tests: dict[str, Clip], out_dir: Path, spec: Spe
     rows = pd.read_csv(folder / "prompts.csv")
     if not len(rows):
         return {}
-    tensors = load_file(str(folder / INPAINTED))
     chosen: dict[str, tuple[Clip, Clip]] = {}
-    for k, row in enumerate(rows.itertuples()):
-        if row.class_id in chosen:
-            continue
-        log_mel, mask = tensors["log_mel"][k], tensors["mask"][k].bool()
-        frames = mask.any(dim=0).nonzero()[:, 0]
-        region = (int(frames[0]) / mask.shape[1], (int(frames[-1]) + 1) / mask.shape[1])
-        path = out_dir / f"{Path(row.file).stem}.wav"
-        save_wav(path, vocode(log_mel, int(row.seed)), spec.sample_rate)
-        before = tests[row.test_id]
-        chosen[row.class_id] = (
-            Clip(f"before: {row.test_id}", before.image, before.audio, region=region),
-            Clip(f"after: redrawn as {row.class_name}", folder / row.file, {name: path}, region=region))
-        progress.update(1)
+    with safe_open(str(folder / INPAINTED), framework="pt") as drawn:  # the rows shown, not the whole set
+        log_mels, masks = drawn.get_slice("log_mel"), drawn.get_slice("mask")
+        for k, row in enumerate(rows.itertuples()):
+            if row.class_id in chosen:
+                continue
+            log_mel, mask = log_mels[k], masks[k].bool()
+            frames = mask.any(dim=0).nonzero()[:, 0]
+            region = (int(frames[0]) / mask.shape[1], (int(frames[-1]) + 1) / mask.shape[1])
+            path = out_dir / f"{Path(row.file).stem}.wav"
+            save_wav(path, vocode(log_mel, int(row.seed)), spec.sample_rate)
+            before = tests[row.test_id]
+            chosen[row.class_id] = (
+                Clip(f"before: {row.test_id}", before.image, before.audio, region=region),
+                Clip(f"after: redrawn as {row.class_name}", folder / row.file, {name: path}, region=region))
+            progress.update(1)
     return chosen
 
 

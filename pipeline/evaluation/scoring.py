@@ -212,7 +212,7 @@ def inpaint_scores(scorer: Scorer, folder: Path, shards: Path) -> None:
         for test in iter_rows("test", ["id", "log_mel"], shards, single_clips=True):
             k = position.get(test["id"])
             if k is not None:
-                log_mel, mask = log_mels[k:k + 1][0], masks[k:k + 1][0].bool()
+                log_mel, mask = log_mels[k], masks[k].bool()
                 outside[k] = float((log_mel - torch.from_numpy(test["log_mel"])).abs()[~mask].mean())
     if np.isnan(outside).any():
         missing = sorted(rows.test_id[np.isnan(outside)])
