@@ -13,7 +13,7 @@ from pipeline.audio.spectrogram import waveform_to_log_mel
 from pipeline.params import Params
 from pipeline.sources.manifest import read_manifest
 
-from conftest import ROOT, copy_repo, dvc_status, read_clip, run, stages_ran
+from conftest import ROOT, commit, copy_repo, dvc_status, read_clip, run, stages_ran
 
 
 @pytest.fixture
@@ -156,3 +156,13 @@ def test_seeds_run_as_experiments_beside_the_workspace_and_are_read_again(repo):
     # made once: asked again, the experiment is read, not rerun
     again = run(["specldm", "seeds", "0", "1"], repo)
     assert stages_ran(again) == set() and json.loads((repo / "metrics" / "seeds.json").read_text()) == summary
+    # and still after a commit that no stage reads (the summary itself, a note)
+    (repo / "NOTES.md").write_text("seeds 0 and 1 made\n")
+    commit(repo, "the seeds' summary")
+    assert stages_ran(run(["specldm", "seeds", "0", "1"], repo)) == set()
+    # an edit to what a stage reads makes them again; committed or not, it differs from their baseline
+    from pipeline.evaluation.seeds import experiment_commit
+    assert experiment_commit(1, repo) is not None
+    scoring = repo / "pipeline" / "evaluation" / "scoring.py"
+    scoring.write_text(scoring.read_text() + "\n")
+    assert experiment_commit(1, repo) is None

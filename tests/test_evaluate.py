@@ -248,6 +248,12 @@ def test_the_seed_summary_gives_mean_spread_and_targets_met_per_seed():
     assert seam["met_on"] == 1 and seam["bound"] == "<= 1.2"
     # a score a seed lacks is a target not met, never one met
     assert summary["targets"]["VAE reconstruction accuracy / ceiling"]["met_on"] == 0
+    assert wide["score"] == pytest.approx({"key": "accuracy.finetuned.64x400", "seeds": [0.81, 0.63], "mean": 0.72,
+                                           "sd": 0.18 / 2 ** 0.5})
     text = markdown(summary)
     assert "| seed 0 | seed 3 | mean ± sd |" in text
-    assert "| long-clip seam flux ratio (<= 1.2; met on 1 of 2) | 1.100 | 1.300 | 1.200 ± 0.141 |" in text
+    # a target's row: its score per seed and spread, the bound, the ratio's spread, on how many seeds it holds
+    assert ("| accuracy.finetuned.64x400 | 0.810 | 0.630 | 0.720 ± 0.127 | ÷ accuracy.real.64x400 >= 0.8 "
+            "| 0.800 ± 0.141 | 1 of 2 |") in text
+    assert "| longform.seam_ratio | 1.100 | 1.300 | 1.200 ± 0.141 | <= 1.2 | 1.200 ± 0.141 | 1 of 2 |" in text
+    assert "| reconstruction.vae.accuracy | – | – | – ± – |" in text

@@ -5,7 +5,8 @@ One run is one draw: another seed, or another CPU, moves accuracies by several p
 read from ``metrics/``; every other runs as a DVC experiment named ``seed-N`` in a temporary copy
 (``dvc exp run --temp``), so the workspace is left as it is and stages the seeds do not reach
 (data, pre-training, the judges, the vocoder) come from the cache. An experiment already made
-from this commit is read, not rerun, so a stopped command picks up where it stopped.
+from this commit, or from an earlier one that differs in nothing a stage reads, is read, not
+rerun: a stopped command picks up where it stopped, and committing the summary keeps it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from pipeline.errors import PipelineError
 from pipeline.evaluation.compare import WORKSPACE, read_scores
@@ -82,11 +84,35 @@ def _dvc(root: Path, *args: str) -> int:
     return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=root, env=tools).returncode
 
 
+def stage_inputs(root: Path) -> set[str]:
+    """What a stage reads from git: the DAG, its lock (which names the data each stage used),
+    the params, and every dep the stages list."""
+    stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"].values()
+    return {"dvc.yaml", "dvc.lock", "params.yaml", *(dep for stage in stages for dep in stage.get("deps", []))}
+
+
+def reads_the_same(baseline: str, root: Path) -> bool:
+    """Whether the workspace differs from commit ``baseline`` in nothing a stage reads, so that an
+    experiment made from ``baseline`` is one this workspace would make."""
+    if subprocess.run(["git", "merge-base", "--is-ancestor", baseline, "HEAD"], cwd=root).returncode:
+        return False
+    inputs = stage_inputs(root)
+    changed = _git(root, "diff", "--name-only", baseline).splitlines()
+    return not any(path == dep or path.startswith(dep.rstrip("/") + "/") for path in changed for dep in inputs)
+
+
 def experiment_commit(seed: int, root: Path) -> str | None:
-    """The commit of experiment ``seed-N`` made from HEAD, if there is one (DVC keeps it under
-    ``refs/exps/<HEAD[:2]>/<HEAD[2:]>/<name>``)."""
-    head = _git(root, "rev-parse", "HEAD")
-    return _git(root, "rev-parse", "--verify", "--quiet", f"refs/exps/{head[:2]}/{head[2:]}/seed-{seed}") or None
+    """The commit of experiment ``seed-N`` made from HEAD or from the nearest commit before it that
+    differs in nothing a stage reads (a commit of docs, or of this summary, keeps the seeds), if
+    there is one. DVC keeps it under ``refs/exps/<baseline[:2]>/<baseline[2:]>/seed-N``."""
+    made = {}
+    for ref in _git(root, "for-each-ref", "--format=%(refname)", "refs/exps").splitlines():
+        parts = ref.split("/")
+        if len(parts) == 5 and parts[4] == f"seed-{seed}":
+            made[parts[2] + parts[3]] = ref
+    usable = [(int(_git(root, "rev-list", "--count", f"{baseline}..HEAD")), ref)
+              for baseline, ref in made.items() if reads_the_same(baseline, root)]
+    return _git(root, "rev-parse", min(usable)[1]) if usable else None
 
 
 def run_seed(seed: int, root: Path) -> str:
@@ -102,7 +128,7 @@ def run_seed(seed: int, root: Path) -> str:
 
 def summarise(per_seed: dict[int, dict], train_size: str) -> dict:
     """Per score and per target: each seed's value, the mean and the sample standard deviation;
-    per target also on how many seeds it is met."""
+    per target also on how many seeds it is met, and the same for the score it bounds."""
     def spread(values: list[float]) -> dict:
         return {"mean": float(np.mean(values)), "sd": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0}
 
@@ -112,8 +138,11 @@ def summarise(per_seed: dict[int, dict], train_size: str) -> dict:
     checks = {}
     for target in targets(train_size):
         values = [target.value(per_seed[s]) for s in seeds]
+        bounded = [per_seed[s].get(target.numerator, math.nan) for s in seeds]
         checks[target.name] = {"bound": f"{'<=' if target.at_most else '>='} {target.bound}", "seeds": values,
-                               **spread(values), "met_on": sum(target.met(v) for v in values)}
+                               **spread(values), "met_on": sum(target.met(v) for v in values),
+                               "over": target.denominator,
+                               "score": {"key": target.numerator, "seeds": bounded, **spread(bounded)}}
     return {"seeds": seeds, "scores": scores, "targets": checks}
 
 
@@ -125,13 +154,19 @@ def markdown(summary: dict) -> str:
     def number(value: float) -> str:
         return f"{value:.3f}" if math.isfinite(value) else "–"
 
-    def row(name: str, entry: dict, extra: str = "") -> str:
-        return (f"| {name}{extra} | " + " | ".join(number(v) for v in entry["seeds"])
+    def row(name: str, entry: dict) -> str:
+        return (f"| {name} | " + " | ".join(number(v) for v in entry["seeds"])
                 + f" | {number(entry['mean'])} ± {number(entry['sd'])} |")
 
-    lines = [head.format("target"), rule]
-    lines += [row(name, entry, f" ({entry['bound']}; met on {entry['met_on']} of {len(seeds)})")
-              for name, entry in summary["targets"].items()]
+    # each target's score with its spread and what the target makes of it (the README's table), then every
+    # headline score
+    lines = [head.format("score").removesuffix(" |") + " | target | its value, mean ± sd | met on |",
+             rule + "---|---|---|"]
+    for entry in summary["targets"].values():
+        bound = f"÷ {entry['over']} {entry['bound']}" if entry["over"] else entry["bound"]
+        value = f"{number(entry['mean'])} ± {number(entry['sd'])}"
+        met = f"{entry['met_on']} of {len(seeds)}"
+        lines.append(row(entry["score"]["key"], entry["score"]) + f" {bound} | {value} | {met} |")
     lines += ["", head.format("score"), rule]
     lines += [row(key, entry) for key, entry in summary["scores"].items()]
     return "\n".join(lines) + "\n"
