@@ -83,3 +83,11 @@ def test_the_readme_shows_the_results_table():
     table = shape((ROOT / "metrics" / "table.md").read_text().strip())
     assert table in shape(README.read_text()), \
         "README's results table has another layout than metrics/table.md; paste the new one in"
+
+
+def test_the_readme_shows_the_seeds_table():
+    """The README's spread over training seeds is the first table of the committed
+    ``metrics/seeds.md`` (``make seeds``): every target's score, per seed and as mean ± sd."""
+    seeds = (ROOT / "metrics" / "seeds.md").read_text().split("\n\n")[0].strip()
+    assert shape(seeds) in shape(README.read_text()), \
+        "README's table over seeds has another layout than metrics/seeds.md's first; paste the new one in"
